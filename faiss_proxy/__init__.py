@@ -1,0 +1,185 @@
+"""faiss_proxy: use a faiss-proxy server as if it were the ``faiss`` module.
+
+    import faiss_proxy as faiss
+    faiss.configure(api_url="http://127.0.0.1:8000", api_key=KEY)
+    index = faiss.index_factory(128, "IVF64,PQ16")
+    index.train(xt); index.add(xb); index.nprobe = 8
+    D, I = index.search(xq, 10)
+
+Every public name of the server's faiss (classes, functions, constants) is
+available as an attribute of this module; objects live on the server, in the
+tenant's worker process, and arrays travel by value.  ``configure()`` can be
+replaced by the environment variables ``FAISS_PROXY_URL``, ``FAISS_PROXY_API_KEY``
+and ``FAISS_PROXY_TIMEOUT``.  With no URL configured, this module is a thin
+alias of the local ``faiss`` package (if installed).
+
+Files stay on the client: :func:`write_index` serializes on the server and
+writes the bytes here; :func:`read_index` reads here and uploads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from ._client import AuthenticationError, Client, RemoteObject
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "configure",
+    "is_remote",
+    "client",
+    "AuthenticationError",
+    "RemoteObject",
+    "write_index",
+    "read_index",
+    "write_index_binary",
+    "read_index_binary",
+    "vector_to_array",
+    "vector_float_to_array",
+]
+
+_lock = threading.Lock()
+_current: Client | None = None
+_configured = False
+
+
+def configure(api_url: str | None = None, api_key: str | None = None, timeout: float | None = None) -> None:
+    """Point this module at a faiss-proxy server.
+
+    Arguments left out are read from ``FAISS_PROXY_URL``, ``FAISS_PROXY_API_KEY``
+    and ``FAISS_PROXY_TIMEOUT`` (seconds a call may take; default 600).  With no URL
+    at all, the module uses the local faiss package.
+    """
+    global _current, _configured
+    url = api_url if api_url is not None else os.environ.get("FAISS_PROXY_URL", "")
+    key = api_key if api_key is not None else os.environ.get("FAISS_PROXY_API_KEY", "")
+    if timeout is None:
+        timeout = float(os.environ.get("FAISS_PROXY_TIMEOUT", "600") or 600)
+    with _lock:
+        if _current is not None:
+            _current.close()
+        _current = None
+        if url:
+            if not key:
+                raise ValueError("faiss_proxy.configure: an API key is needed (api_key= or FAISS_PROXY_API_KEY)")
+            _current = Client(url, key, timeout=timeout)
+        _configured = True
+
+
+def client() -> Client | None:
+    """The current :class:`Client`, or None in local mode."""
+    if not _configured:
+        configure()
+    return _current
+
+
+def is_remote() -> bool:
+    return client() is not None
+
+
+def _local_faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError(
+            "faiss_proxy: no server configured and the local faiss package is not installed. "
+            "Call faiss_proxy.configure(api_url='http://host:8000', api_key=KEY) or set "
+            "FAISS_PROXY_URL and FAISS_PROXY_API_KEY (or pip install faiss-cpu for local use)."
+        ) from None
+    return faiss
+
+
+def __getattr__(name: str) -> Any:
+    if name.startswith("__"):
+        raise AttributeError(name)
+    c = client()
+    if c is None:
+        return getattr(_local_faiss(), name)
+    return c.lookup(name)
+
+
+def __dir__() -> list[str]:
+    c = client()
+    names = set(globals()) | set(__all__)
+    if c is None:
+        try:
+            names |= set(dir(_local_faiss()))
+        except ImportError:
+            pass
+    else:
+        names |= {n for n, (kind, _) in c.namespace().items() if kind != "denied"}
+    return sorted(names)
+
+
+# --- files stay on the client ---------------------------------------------------------
+def _read_bytes(f: Any) -> np.ndarray:
+    if hasattr(f, "read"):
+        data = f.read()
+    else:
+        with open(os.fspath(f), "rb") as fh:
+            data = fh.read()
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _write_bytes(data: np.ndarray, f: Any) -> None:
+    if hasattr(f, "write"):
+        f.write(data.tobytes())
+        return
+    path = os.fspath(f)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(np.ascontiguousarray(data).tobytes())
+    os.replace(tmp, path)
+
+
+def write_index(index: Any, f: Any) -> None:
+    """Write ``index`` to the client's file (path or binary file object)."""
+    c = client()
+    if c is None:
+        _local_faiss().write_index(index, os.fspath(f) if not hasattr(f, "write") else f)
+        return
+    _write_bytes(c.lookup("serialize_index")(index), f)
+
+
+def read_index(f: Any, io_flags: int = 0) -> Any:
+    """Read an index from the client's file and upload it.
+
+    Memory-mapping flags do not apply to a remote index and are ignored."""
+    c = client()
+    if c is None:
+        return _local_faiss().read_index(os.fspath(f) if not hasattr(f, "read") else f, io_flags)
+    return c.lookup("deserialize_index")(_read_bytes(f))
+
+
+def write_index_binary(index: Any, f: Any) -> None:
+    """Binary-index variant of :func:`write_index`."""
+    c = client()
+    if c is None:
+        _local_faiss().write_index_binary(index, os.fspath(f) if not hasattr(f, "write") else f)
+        return
+    _write_bytes(c.lookup("serialize_index_binary")(index), f)
+
+
+def read_index_binary(f: Any, io_flags: int = 0) -> Any:
+    """Binary-index variant of :func:`read_index`."""
+    c = client()
+    if c is None:
+        return _local_faiss().read_index_binary(os.fspath(f) if not hasattr(f, "read") else f, io_flags)
+    return c.lookup("deserialize_index_binary")(_read_bytes(f))
+
+
+def vector_to_array(v: Any) -> Any:
+    """std::vector values already arrive as NumPy arrays; this returns a copy."""
+    c = client()
+    if c is None:
+        return _local_faiss().vector_to_array(v)
+    return np.array(v)
+
+
+vector_float_to_array = vector_to_array

@@ -1,0 +1,430 @@
+"""Remote FAISS objects: the connection, proxy classes and call marshalling.
+
+A :class:`Client` stands for one server and API key.  Its proxy classes are built
+from the server's own class descriptions (``describe``), so ``faiss.IndexIVFFlat``
+on the client is a real Python class whose MRO mirrors faiss's
+(``isinstance(index, faiss.Index)`` works), whose methods are one round trip each,
+and whose properties (``index.nprobe``) are one round trip to read or write.
+
+Arrays never travel as netrefs: arguments are encoded by value (see
+:mod:`faiss_proxy._wire`), results come back by value, and arrays the server wrote
+into are copied back into the caller's arrays, so ``faiss.normalize_L2(x)`` and
+``index.search(x, k, D=D, I=I)`` behave as they do locally.
+
+One connection is shared by all threads of a process; calls from different
+threads are multiplexed on it and run in parallel on the server.  After a fork
+the child opens its own connection.  If the connection dies, objects created on
+it raise :class:`ConnectionError`; new module-level calls reconnect.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import socket
+import threading
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from rpyc.core import consts
+from rpyc.core.async_ import AsyncResultTimeout
+
+from . import _wire as w
+from ._transport import ClientConnection, FrameChannel, client_config, set_nodelay
+
+__all__ = ["Client", "RemoteObject", "RemoteFunction", "AuthenticationError", "RPC_PROTOCOL"]
+
+RPC_PROTOCOL = "faiss-proxy-rpc"
+_PLAIN = (type(None), bool, int, float, str, bytes, complex)
+
+
+class AuthenticationError(PermissionError):
+    """The server refused the API key (missing, malformed, expired or revoked)."""
+
+
+# --------------------------------------------------------------------------------------
+# connection
+# --------------------------------------------------------------------------------------
+def _parse_url(url: str) -> tuple[str, int, str]:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", ""):
+        raise ValueError(f"unsupported URL scheme in {url!r}: use http://host:port")
+    if not parts.hostname:
+        raise ValueError(f"no host in URL {url!r}")
+    return parts.hostname, parts.port or 80, parts.path.rstrip("/")
+
+
+def _read_http_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("the server closed the connection during the RPC handshake")
+        data += chunk
+        if len(data) > 65536:
+            raise ConnectionError("oversized HTTP response during the RPC handshake")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    try:
+        status = int(lines[0].split(" ", 2)[1])
+    except (IndexError, ValueError):
+        raise ConnectionError(f"not an HTTP response from the server: {lines[0]!r}") from None
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, rest
+
+
+def _error_message(sock: socket.socket, headers: dict[str, str], body: bytes) -> str:
+    try:
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            chunk = sock.recv(length - len(body))
+            if not chunk:
+                break
+            body += chunk
+        message: str = json.loads(body)["error"]["message"]
+        return message
+    except (ValueError, KeyError, TypeError, OSError):
+        return body.decode("utf-8", "replace")[:200]
+
+
+def open_rpc_socket(url: str, api_key: str, timeout: float = 30.0) -> socket.socket:
+    """Open a TCP connection and upgrade ``GET /v1/rpc`` to an RPC session."""
+    host, port, prefix = _parse_url(url)
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach faiss-proxy at {url}: {exc}") from exc
+    try:
+        set_nodelay(sock)
+        from . import __version__
+
+        request = (
+            f"GET {prefix}/v1/rpc HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Connection: Upgrade\r\nUpgrade: {RPC_PROTOCOL}\r\n"
+            f"Authorization: Bearer {api_key}\r\nUser-Agent: faiss-proxy/{__version__}\r\n\r\n"
+        )
+        sock.sendall(request.encode("latin-1"))
+        status, headers, rest = _read_http_head(sock)
+        if status == 101:
+            if rest:
+                raise ConnectionError("the server sent data before the RPC session started")
+            sock.settimeout(None)
+            return sock
+        message = _error_message(sock, headers, rest)
+    except BaseException:
+        sock.close()
+        raise
+    sock.close()
+    if status == 401:
+        raise AuthenticationError(f"faiss-proxy refused the API key: {message}")
+    if status == 403:
+        raise PermissionError(f"faiss-proxy: {message}")
+    raise ConnectionError(f"faiss-proxy RPC upgrade failed with HTTP {status}: {message}")
+
+
+def _clean_exception(exc: BaseException) -> BaseException:
+    """Rebuild a remote exception as the plain builtin type faiss raised."""
+    for base in type(exc).__mro__:
+        if (
+            base.__module__ == "builtins"
+            and issubclass(base, Exception)
+            and getattr(builtins, base.__name__, None) is base
+        ):
+            try:
+                return base(*exc.args)
+            except Exception:
+                return RuntimeError(*exc.args)
+    return RuntimeError(str(exc.args[0]) if exc.args else str(exc))
+
+
+class Connection:
+    """One RPC session with the tenant's worker."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        sock = open_rpc_socket(client.url, client.api_key, min(client.timeout, 30.0))
+        self.rpc = ClientConnection(FrameChannel(sock, client.max_message), client_config(client.timeout))
+        self.pid = os.getpid()
+        try:
+            self.root = self.rpc.root
+        except EOFError as exc:
+            raise ConnectionError("faiss-proxy closed the RPC session at start-up") from exc
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.rpc.closed)
+
+    def close(self) -> None:
+        try:
+            self.rpc.close()
+        except Exception:
+            pass
+
+    def invoke(self, op: str, *args: Any) -> Any:
+        if self.rpc.closed:
+            raise ConnectionError("the faiss-proxy session is closed (server or worker restarted?)")
+        try:
+            return self.rpc.sync_request(consts.HANDLE_CALLATTR, self.root, op, args, ())
+        except EOFError as exc:
+            raise ConnectionError(f"lost the connection to faiss-proxy: {exc}") from None
+        except AsyncResultTimeout:
+            raise TimeoutError(
+                f"faiss-proxy call did not answer within {self.client.timeout:g}s "
+                "(configure(timeout=...) or FAISS_PROXY_TIMEOUT)"
+            ) from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("rpyc") or hasattr(exc, "_remote_tb"):
+                raise _clean_exception(exc) from None
+            raise
+
+    # --- encoding ------------------------------------------------------------------
+    def encode(self, value: Any) -> Any:
+        if type(value) in _PLAIN:
+            return value
+        if isinstance(value, np.ndarray):
+            return w.encode_array(value)
+        if isinstance(value, np.generic):
+            return w.encode_scalar(value)
+        if isinstance(value, RemoteObject):
+            conn = object.__getattribute__(value, "_fp_conn")
+            if conn is not self:
+                raise ConnectionError("this remote object belongs to an earlier faiss-proxy session that has ended")
+            return (w.OBJ, object.__getattribute__(value, "_fp_ref"))
+        if type(value) is tuple:
+            return (w.TUP, *(self.encode(v) for v in value))
+        if type(value) is list:
+            return (w.LST, *(self.encode(v) for v in value))
+        if type(value) is dict:
+            return (w.DCT, *((self.encode(k), self.encode(v)) for k, v in value.items()))
+        raise TypeError(
+            f"cannot send a {type(value).__module__}.{type(value).__name__} to faiss-proxy: "
+            "pass NumPy arrays, numbers, strings or remote faiss objects"
+        )
+
+    def decode(self, value: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        if type(value) is not tuple:
+            return value
+        tag = value[0]
+        if tag == w.ND:
+            return w.decode_array(value[1], value[2], value[3])
+        if tag == w.OBJ:
+            return self.client.make_proxy(self, value[1], value[2])
+        if tag == w.TUP:
+            return tuple(self.decode(v, args, kwargs) for v in value[1:])
+        if tag == w.LST:
+            return [self.decode(v, args, kwargs) for v in value[1:]]
+        if tag == w.DCT:
+            return {self.decode(k): self.decode(v, args, kwargs) for k, v in value[1:]}
+        if tag == w.SCA:
+            return w.decode_scalar(value[1], value[2])
+        if tag == w.ARG:
+            where = value[1]
+            return args[where] if isinstance(where, int) else (kwargs or {})[where]
+        raise ConnectionError("malformed reply from faiss-proxy")
+
+    def _round_trip(self, op: str, head: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        enc_args = tuple(self.encode(a) for a in args)
+        enc_kwargs = tuple((k, self.encode(v)) for k, v in kwargs.items())
+        result, writebacks = self.invoke(op, *head, enc_args, enc_kwargs)
+        for where, encoded in writebacks:
+            target = args[where] if isinstance(where, int) else kwargs.get(where)
+            if isinstance(target, np.ndarray):
+                np.copyto(target, self.decode(encoded), casting="unsafe")
+        return self.decode(result, args, kwargs)
+
+    # --- operations ------------------------------------------------------------------
+    def new(self, cls: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self._round_trip("new", (cls,), args, kwargs)
+
+    def function(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self._round_trip("function", (name,), args, kwargs)
+
+    def call(self, obj: RemoteObject, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        ref = object.__getattribute__(obj, "_fp_ref")
+        return self._round_trip("call", (ref, name), args, kwargs)
+
+    def getattr(self, obj: RemoteObject, name: str) -> Any:
+        value = self.invoke("getattr", object.__getattribute__(obj, "_fp_ref"), name)
+        if type(value) is tuple and value and value[0] == w.MTH:
+            return _BoundRemoteMethod(obj, name)
+        return self.decode(value)
+
+    def setattr(self, obj: RemoteObject, name: str, value: Any) -> None:
+        self.invoke("setattr", object.__getattribute__(obj, "_fp_ref"), name, self.encode(value))
+
+
+# --------------------------------------------------------------------------------------
+# proxies
+# --------------------------------------------------------------------------------------
+class RemoteObject:
+    """Base class of every proxy of a server-side faiss object."""
+
+    __slots__ = ("__weakref__", "_fp_conn", "_fp_ref")
+    _fp_client: Client
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        conn: Connection = object.__getattribute__(self, "_fp_conn")
+        return conn.getattr(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_fp_"):
+            object.__setattr__(self, name, value)
+            return
+        conn: Connection = object.__getattribute__(self, "_fp_conn")
+        conn.setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"<faiss_proxy remote {type(self).__name__}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("remote faiss objects cannot be pickled; use faiss_proxy.serialize_index")
+
+
+class _RemoteClass(type):
+    """Metaclass: calling a proxy class constructs the object on the server."""
+
+    _fp_client: Client
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        return cls._fp_client.connection().new(cls.__name__, args, kwargs)
+
+    def __repr__(cls) -> str:
+        return f"<class 'faiss_proxy.{cls.__name__}' (remote)>"
+
+
+def _make_method(name: str) -> Callable[..., Any]:
+    def method(self: RemoteObject, *args: Any, **kwargs: Any) -> Any:
+        conn: Connection = object.__getattribute__(self, "_fp_conn")
+        return conn.call(self, name, args, kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+def _make_property(name: str) -> property:
+    def fget(self: RemoteObject) -> Any:
+        conn: Connection = object.__getattribute__(self, "_fp_conn")
+        return conn.getattr(self, name)
+
+    def fset(self: RemoteObject, value: Any) -> None:
+        conn: Connection = object.__getattribute__(self, "_fp_conn")
+        conn.setattr(self, name, value)
+
+    return property(fget, fset, doc=f"remote attribute {name}")
+
+
+class _BoundRemoteMethod:
+    __slots__ = ("name", "obj")
+
+    def __init__(self, obj: RemoteObject, name: str) -> None:
+        self.obj = obj
+        self.name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        conn: Connection = object.__getattribute__(self.obj, "_fp_conn")
+        return conn.call(self.obj, self.name, args, kwargs)
+
+
+class RemoteFunction:
+    """A faiss module function, run on the server."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        self._client = client
+        self.__name__ = self.__qualname__ = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._client.connection().function(self.__name__, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<remote function faiss.{self.__name__}>"
+
+
+# --------------------------------------------------------------------------------------
+# client
+# --------------------------------------------------------------------------------------
+class Client:
+    """Everything the module needs to know about one server and key."""
+
+    def __init__(self, url: str, api_key: str, timeout: float = 600.0, max_message_mb: int = 1024) -> None:
+        _parse_url(url)
+        self.url = url
+        self.api_key = api_key
+        self.timeout = float(timeout)
+        self.max_message = max_message_mb * 1024 * 1024
+        self._lock = threading.RLock()
+        self._conn: Connection | None = None
+        self._namespace: dict[str, tuple[str, Any]] | None = None
+        self._classes: dict[str, type] = {}
+        self._functions: dict[str, RemoteFunction] = {}
+
+    def connection(self) -> Connection:
+        conn = self._conn
+        if conn is not None and not conn.closed and conn.pid == os.getpid():
+            return conn
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed or conn.pid != os.getpid():
+                conn = self._conn = Connection(self)
+            return conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._conn.pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def namespace(self) -> dict[str, tuple[str, Any]]:
+        if self._namespace is None:
+            rows = self.connection().invoke("namespace")
+            self._namespace = {name: (kind, value) for name, kind, value in rows}
+        return self._namespace
+
+    def lookup(self, name: str) -> Any:
+        entry = self.namespace().get(name)
+        if entry is None:
+            raise AttributeError(f"module 'faiss' has no attribute '{name}'")
+        kind, value = entry
+        if kind == "function":
+            fn = self._functions.get(name)
+            if fn is None:
+                fn = self._functions[name] = RemoteFunction(self, name)
+            return fn
+        if kind == "class":
+            return self.proxy_class(name)
+        if kind == "constant":
+            return value
+        raise AttributeError(f"faiss.{name} is not available through faiss-proxy: {value}")
+
+    def proxy_class(self, name: str) -> type:
+        cls = self._classes.get(name)
+        if cls is not None:
+            return cls
+        with self._lock:
+            if name not in self._classes:
+                rows = self.connection().invoke("describe", name)
+                for cname, bases, methods, props in reversed(rows):
+                    if cname in self._classes:
+                        continue
+                    base_types = tuple(self._classes[b] for b in bases if b in self._classes)
+                    ns: dict[str, Any] = {"__slots__": (), "__module__": "faiss_proxy"}
+                    ns.update({m: _make_method(m) for m in methods})
+                    ns.update({p: _make_property(p) for p in props})
+                    new = _RemoteClass(cname, base_types or (RemoteObject,), ns)
+                    new._fp_client = self
+                    self._classes[cname] = new
+            return self._classes[name]
+
+    def make_proxy(self, conn: Connection, ref: Any, class_name: str) -> RemoteObject:
+        cls = self.proxy_class(class_name)
+        obj: RemoteObject = object.__new__(cls)
+        object.__setattr__(obj, "_fp_conn", conn)
+        object.__setattr__(obj, "_fp_ref", ref)
+        return obj

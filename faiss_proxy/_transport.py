@@ -1,0 +1,428 @@
+"""The RPyC transport used by both ends: framing, zero-copy arrays, strict configs.
+
+RPyC's stock ``Channel`` + ``SocketStream`` have throughput traps (no TCP_NODELAY,
+quadratic ``data = data[count:]`` slicing on send, zlib on every frame over 3 kB,
+unbounded inflation and frame sizes on receive).  This module replaces that layer:
+
+* :class:`FrameChannel` speaks one frame format::
+
+      header  !IIB   meta length, attachment count, flags (always 0)
+      lengths !Q * attachment count
+      meta    the brine-encoded RPyC message
+      attachments, raw, one after the other
+
+  Sizes are checked against a limit before anything is allocated; there is no
+  compression, so no decompression bomb.  Attachments are received with
+  ``recv_into`` straight into the buffer that becomes the NumPy array.
+* :class:`FramedConnection` teaches RPyC's boxing to put a :class:`~._wire.Blob`
+  into the attachment list of *its own* message (no thread-local state, so a
+  netref ``__del__`` triggered by the garbage collector mid-call cannot steal it).
+* :class:`ClientConnection` never asks the server to describe a netref class (one
+  round trip saved per new type); :class:`ServerConnection` refuses any object
+  that lives in the client, so a server can never be handed a client netref
+  (the ``__array__``/``__reduce__`` attack) and never calls back into a client.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+from rpyc.core import brine, consts, netref
+from rpyc.core.protocol import Connection
+from rpyc.lib import Timeout
+
+from ._wire import Blob, wire_view
+
+__all__ = [
+    "FrameChannel",
+    "FramedConnection",
+    "ClientConnection",
+    "ServerConnection",
+    "ProtocolError",
+    "client_config",
+    "server_config",
+    "set_nodelay",
+    "LABEL_ATTACH",
+    "DEFAULT_MAX_FRAME",
+]
+
+LABEL_ATTACH = 64
+HEADER = struct.Struct("!IIB")
+LENGTH = struct.Struct("!Q")
+MAX_ATTACHMENTS = 4096
+DEFAULT_MAX_FRAME = 1 << 30
+_SMALL = 1 << 16
+
+
+class ProtocolError(EOFError):
+    """The peer sent a frame that breaks the protocol; the connection is closed."""
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class FrameChannel:
+    """A framed, size-bounded channel over a connected socket (see module doc)."""
+
+    def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        sock.setblocking(True)
+        set_nodelay(sock)
+        self.sock = sock
+        self.max_frame = max_frame
+        self._closed = False
+        self._local = threading.local()
+        self._buf = bytearray(_SMALL)
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), select.POLLIN | select.POLLPRI | select.POLLHUP)
+
+    # --- the interface rpyc.Connection uses -------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def poll(self, timeout: Any) -> bool:
+        if self._closed:
+            raise EOFError("connection closed")
+        if self._end > self._start:
+            return True
+        left = (timeout if isinstance(timeout, Timeout) else Timeout(timeout)).timeleft()
+        return bool(self._poller.poll(None if left is None else max(0, int(left * 1000))))
+
+    def recv(self) -> bytes:
+        meta_len, count, flags = HEADER.unpack(self._read_exact(HEADER.size))
+        if flags != 0 or count > MAX_ATTACHMENTS or meta_len > self.max_frame:
+            self.close()
+            raise ProtocolError("malformed frame header")
+        lengths = struct.unpack(f"!{count}Q", self._read_exact(8 * count)) if count else ()
+        if meta_len + sum(lengths) > self.max_frame:
+            self.close()
+            raise ProtocolError(f"frame of {meta_len + sum(lengths)} bytes exceeds the limit of {self.max_frame}")
+        meta = self._read_exact(meta_len)
+        attachments = []
+        for n in lengths:
+            try:
+                buf = np.empty(n, dtype=np.uint8)
+            except MemoryError:
+                self.close()
+                raise ProtocolError(f"no memory for a frame of {n} bytes") from None
+            self._read_into(memoryview(buf))  # type: ignore[arg-type]
+            attachments.append(buf)
+        self._local.attachments = attachments
+        return meta
+
+    def attachment(self, index: Any) -> np.ndarray:
+        """The ``index``-th raw buffer of the frame this thread received last."""
+        attachments: list[np.ndarray] = getattr(self._local, "attachments", [])
+        if type(index) is not int or not 0 <= index < len(attachments):
+            raise ValueError("reference to a missing frame attachment")
+        return attachments[index]
+
+    def send(self, frame: tuple[bytes, list[np.ndarray]]) -> None:
+        meta, attachments = frame
+        head = HEADER.pack(len(meta), len(attachments), 0)
+        if attachments:
+            head += struct.pack(f"!{len(attachments)}Q", *(a.nbytes for a in attachments))
+        views = [wire_view(a) for a in attachments if a.nbytes]
+        try:
+            if len(meta) + sum(v.nbytes for v in views) <= _SMALL:
+                # One syscall, one TCP segment: small replies do not trickle out.
+                self.sock.sendall(b"".join([head, meta, *views]))
+                return
+            self.sock.sendall(head + meta if len(meta) <= _SMALL else head)
+            if len(meta) > _SMALL:
+                self.sock.sendall(meta)
+            for v in views:
+                self.sock.sendall(v)
+        except OSError as exc:
+            self.close()
+            raise EOFError(str(exc)) from exc
+
+    # --- buffered reading -------------------------------------------------------------
+    def _fill(self) -> None:
+        if self._start == self._end:
+            self._start = self._end = 0
+        try:
+            n = self.sock.recv_into(self._view[self._end :])
+        except OSError as exc:
+            self.close()
+            raise EOFError(str(exc)) from exc
+        if n == 0:
+            self.close()
+            raise EOFError("connection closed by peer")
+        self._end += n
+
+    def _read_exact(self, n: int) -> bytes:
+        if n > _SMALL:
+            buf = bytearray(n)
+            self._read_into(memoryview(buf))
+            return bytes(buf)
+        if self._end - self._start < n and len(self._buf) - self._start < n:
+            # compact: move what is buffered to the front
+            left = self._end - self._start
+            self._view[:left] = self._view[self._start : self._end]
+            self._start, self._end = 0, left
+        while self._end - self._start < n:
+            self._fill()
+        out = bytes(self._view[self._start : self._start + n])
+        self._start += n
+        return out
+
+    def _read_into(self, view: memoryview) -> None:
+        total = len(view)
+        got = min(total, self._end - self._start)
+        if got:
+            view[:got] = self._view[self._start : self._start + got]
+            self._start += got
+        while got < total:
+            try:
+                n = self.sock.recv_into(view[got:], min(total - got, 1 << 22))
+            except OSError as exc:
+                self.close()
+                raise EOFError(str(exc)) from exc
+            if n == 0:
+                self.close()
+                raise EOFError("connection closed by peer")
+            got += n
+
+
+class FramedConnection(Connection):
+    """An RPyC connection whose messages may carry raw buffers (see module doc)."""
+
+    _channel: FrameChannel
+
+    def _box_into(self, obj: Any, attachments: list[np.ndarray]) -> Any:
+        if type(obj) is Blob:
+            attachments.append(obj.array)
+            return LABEL_ATTACH, len(attachments) - 1
+        if type(obj) is tuple:
+            if brine.dumpable(obj):
+                return consts.LABEL_VALUE, obj
+            return consts.LABEL_TUPLE, tuple(self._box_into(item, attachments) for item in obj)
+        return Connection._box(self, obj)
+
+    def _box(self, obj: Any) -> Any:
+        if type(obj) is Blob:
+            raise TypeError("a Blob must be boxed with its message")
+        return Connection._box(self, obj)
+
+    def _unbox(self, package: Any) -> Any:
+        label, value = package
+        if label == LABEL_ATTACH:
+            return self._channel.attachment(value)
+        if label == consts.LABEL_TUPLE:
+            return tuple(self._unbox(item) for item in value)
+        return Connection._unbox(self, package)
+
+    def _send(self, msg: int, seq: int, args: Any, attachments: list[np.ndarray] | None = None) -> None:
+        data = brine.I1.pack(msg) + brine.dump((seq, args))
+        # Same queue discipline as rpyc: a netref __del__ may call in here while
+        # this thread already holds the send lock.
+        self._send_queue.append((data, attachments or []))
+        while self._send_queue:
+            if not self._sendlock.acquire(False):
+                return
+            try:
+                if not self._send_queue:
+                    continue
+                frame = self._send_queue.pop(0)
+                self._channel.send(frame)
+            finally:
+                self._sendlock.release()
+
+    def _async_request(self, handler: int, args: Any = (), callback: Any = (lambda a, b: None)) -> None:
+        seq = self._get_seq_id()
+        self._request_callbacks[seq] = callback
+        attachments: list[np.ndarray] = []
+        try:
+            boxed = self._box_into(args, attachments)
+            self._send(consts.MSG_REQUEST, seq, (handler, boxed), attachments)
+        except Exception:
+            self._request_callbacks.pop(seq, None)
+            raise
+
+    def _dispatch_request(self, seq: int, raw_args: Any) -> None:
+        try:
+            handler, args = raw_args
+            args = self._unbox(args)
+            res = self._HANDLERS[handler](self, *args)
+        except BaseException:
+            t, v, tb = sys.exc_info()
+            if t is KeyboardInterrupt and self._config["propagate_KeyboardInterrupt_locally"]:
+                raise
+            self._send(consts.MSG_EXCEPTION, seq, self._box_exc(t, v, tb))
+        else:
+            attachments: list[np.ndarray] = []
+            try:
+                boxed = self._box_into(res, attachments)
+            except Exception:
+                t, v, tb = sys.exc_info()
+                self._send(consts.MSG_EXCEPTION, seq, self._box_exc(t, v, tb))
+                return
+            self._send(consts.MSG_REPLY, seq, boxed, attachments)
+
+
+class _OpaqueRef(netref.BaseNetref):
+    """A netref we only hold and pass back; its class is never fetched."""
+
+    __slots__ = ()
+
+
+class _ClientRoot:
+    """What the server would see as the client's root object: nothing at all."""
+
+    def _rpyc_getattr(self, name: str) -> Any:
+        raise AttributeError("access denied")
+
+    def on_connect(self, conn: Any) -> None:
+        pass
+
+    def on_disconnect(self, conn: Any) -> None:
+        pass
+
+
+class ClientConnection(FramedConnection):
+    def __init__(self, channel: FrameChannel, config: dict[str, Any]) -> None:
+        super().__init__(_ClientRoot(), channel, config)
+
+    def _netref_factory(self, id_pack: Any) -> Any:
+        return _OpaqueRef(self, id_pack)
+
+
+class ServerConnection(FramedConnection):
+    """The worker's end of a session; :meth:`serve_session` runs it to the end."""
+
+    def serve_session(self, threads: int) -> None:
+        """Serve requests with ``threads`` threads, leader/follower style.
+
+        One thread at a time reads (holding ``read_lock``); as soon as it has a
+        whole request it releases the lock, which wakes exactly one follower to
+        read the next request, and executes the request itself.  A request is
+        therefore never handed between threads (no added latency), while calls
+        from several client threads still run in parallel.  (RPyC's own
+        ``serve_threaded`` wakes every thread per message and does not read while a
+        request executes.)
+        """
+        read_lock = threading.Lock()
+
+        def loop() -> None:
+            while True:
+                with read_lock:
+                    if self.closed:
+                        return
+                    try:
+                        data = self._channel.recv()
+                        msg = data[0]
+                        if msg != consts.MSG_REQUEST:
+                            raise ProtocolError("clients may only send requests")
+                        seq, raw = brine.load(data[1:])
+                    except EOFError:
+                        self.close()
+                        return
+                    except Exception as exc:
+                        self.close()
+                        raise ProtocolError(f"malformed message: {type(exc).__name__}") from None
+                    try:
+                        handler, args = raw
+                        args = self._unbox(args)
+                    except Exception:
+                        self._reply_exception(seq)
+                        continue
+                self._execute(seq, handler, args)
+
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as exc:
+                errors.append(exc)
+                self.close()
+
+        workers = [threading.Thread(target=run, daemon=True) for _ in range(max(1, threads) - 1)]
+        for t in workers:
+            t.start()
+        run()
+        for t in workers:
+            t.join()
+        self.close()
+        if errors:
+            raise errors[0]
+
+    def _reply_exception(self, seq: int) -> None:
+        t, v, tb = sys.exc_info()
+        try:
+            self._send(consts.MSG_EXCEPTION, seq, self._box_exc(t, v, tb))
+        except EOFError:
+            pass
+
+    def _execute(self, seq: int, handler: Any, args: Any) -> None:
+        try:
+            res = self._HANDLERS[handler](self, *args)
+            attachments: list[np.ndarray] = []
+            boxed = self._box_into(res, attachments)
+        except Exception:
+            self._reply_exception(seq)
+            return
+        try:
+            self._send(consts.MSG_REPLY, seq, boxed, attachments)
+        except EOFError:
+            pass
+
+    def _unbox(self, package: Any) -> Any:
+        if package[0] == consts.LABEL_REMOTE_REF:
+            raise TypeError(
+                "objects that live in the client cannot be passed to the server; "
+                "pass NumPy arrays, plain values or remote faiss objects"
+            )
+        return FramedConnection._unbox(self, package)
+
+
+_STRICT = dict(
+    allow_safe_attrs=True,
+    safe_attrs={"__eq__", "__ne__", "__hash__", "__repr__", "__str__"},
+    allow_exposed_attrs=True,
+    allow_public_attrs=False,
+    allow_all_attrs=False,
+    allow_getattr=True,
+    allow_setattr=False,
+    allow_delattr=False,
+    allow_pickle=False,
+    import_custom_exceptions=False,
+    instantiate_custom_exceptions=False,
+    instantiate_oldstyle_exceptions=False,
+    include_local_traceback=False,
+    include_local_version=False,
+    bind_threads=False,
+    log_exceptions=False,
+)
+
+
+def client_config(timeout: float) -> dict[str, Any]:
+    return dict(_STRICT, sync_request_timeout=timeout)
+
+
+def server_config(connid: str) -> dict[str, Any]:
+    return dict(_STRICT, connid=connid, sync_request_timeout=30)

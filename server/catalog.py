@@ -1,0 +1,243 @@
+"""The catalog: tenants and API keys in SQLite, and the key signing secret.
+
+Everything lives in the data directory, so ``faiss-proxy serve`` needs no external
+service.  The CLI (``faiss-proxy tenant ...``, ``faiss-proxy key ...``) opens the
+same SQLite file, in WAL mode, so it works while the server runs: a key revoked
+from the CLI is refused on the server's next authentication.
+
+API keys are JWTs (HS256, signed with ``secret.key``, created on first use with
+mode 0600) carrying the tenant, the key id and the scope.  The token alone is not
+enough: every authentication also checks the key id against this catalog, which
+is what makes revocation immediate.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+from .errors import BadRequest, Conflict, NotFound, Unauthorized
+
+__all__ = ["Catalog", "Tenant", "ApiKey", "Principal", "SCOPES"]
+
+ISSUER = "faiss-proxy"
+SCOPES = ("read-write", "read-only")
+_TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active'
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+    name TEXT NOT NULL DEFAULT '',
+    scope TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL,
+    last_used_at REAL
+);
+CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys(tenant);
+"""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    created_at: float
+    status: str
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    tenant: str
+    name: str
+    scope: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    last_used_at: float | None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who an authenticated request acts as."""
+
+    tenant: str
+    key_id: str
+    scope: str
+
+    @property
+    def read_only(self) -> bool:
+        return self.scope == "read-only"
+
+
+class Catalog:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.data_dir / "catalog.sqlite3"
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+        self._secret = self._load_secret()
+
+    # --- storage ---------------------------------------------------------------------
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            yield db
+        finally:
+            db.close()
+
+    def _load_secret(self) -> bytes:
+        path = self.data_dir / "secret.key"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return bytes.fromhex(path.read_text().strip())
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        return bytes.fromhex(path.read_text().strip())
+
+    def tenant_dir(self, tenant: str) -> Path:
+        return self.data_dir / "tenants" / tenant
+
+    # --- tenants ---------------------------------------------------------------------
+    def create_tenant(self, name: str) -> Tenant:
+        if not _TENANT_NAME.match(name):
+            raise BadRequest(
+                "tenant names are 1-63 characters: lowercase letters, digits, '-' and '_', "
+                "starting with a letter or digit"
+            )
+        tenant = Tenant(name, time.time(), "active")
+        with self._db() as db:
+            try:
+                db.execute("INSERT INTO tenants VALUES (?, ?, ?)", (name, tenant.created_at, tenant.status))
+            except sqlite3.IntegrityError:
+                raise Conflict(f"tenant '{name}' already exists") from None
+        self.tenant_dir(name).mkdir(parents=True, exist_ok=True)
+        return tenant
+
+    def get_tenant(self, name: str) -> Tenant:
+        with self._db() as db:
+            row = db.execute("SELECT name, created_at, status FROM tenants WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"tenant '{name}' does not exist")
+        return Tenant(*row)
+
+    def list_tenants(self) -> list[Tenant]:
+        with self._db() as db:
+            rows = db.execute("SELECT name, created_at, status FROM tenants ORDER BY name").fetchall()
+        return [Tenant(*r) for r in rows]
+
+    def delete_tenant(self, name: str) -> None:
+        self.get_tenant(name)
+        with self._db() as db:
+            db.execute("DELETE FROM api_keys WHERE tenant = ?", (name,))
+            db.execute("DELETE FROM tenants WHERE name = ?", (name,))
+        shutil.rmtree(self.tenant_dir(name), ignore_errors=True)
+
+    # --- keys ------------------------------------------------------------------------
+    def create_key(
+        self, tenant: str, *, name: str = "", read_only: bool = False, expires_at: float | None = None
+    ) -> tuple[ApiKey, str]:
+        """Create a key; returns its record and the token (shown once, never stored)."""
+        self.get_tenant(tenant)
+        now = time.time()
+        if expires_at is not None and expires_at <= now:
+            raise BadRequest("the expiry must be in the future")
+        key = ApiKey(
+            key_id="k_" + secrets.token_hex(8),
+            tenant=tenant,
+            name=name,
+            scope="read-only" if read_only else "read-write",
+            created_at=now,
+            expires_at=expires_at,
+            revoked_at=None,
+            last_used_at=None,
+        )
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
+                (key.key_id, tenant, name, key.scope, key.created_at, expires_at),
+            )
+        claims: dict[str, object] = {
+            "iss": ISSUER,
+            "sub": tenant,
+            "jti": key.key_id,
+            "scope": key.scope,
+            "iat": int(now),
+        }
+        if expires_at is not None:
+            claims["exp"] = int(expires_at)
+        token = jwt.encode(claims, self._secret, algorithm="HS256")
+        return key, token
+
+    def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        query = "SELECT * FROM api_keys"
+        params: tuple[str, ...] = ()
+        if tenant is not None:
+            self.get_tenant(tenant)
+            query += " WHERE tenant = ?"
+            params = (tenant,)
+        with self._db() as db:
+            rows = db.execute(query + " ORDER BY created_at", params).fetchall()
+        return [ApiKey(*r) for r in rows]
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        with self._db() as db:
+            cur = db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                (time.time(), key_id),
+            )
+            row = db.execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"API key '{key_id}' does not exist")
+        if cur.rowcount == 0:
+            raise Conflict(f"API key '{key_id}' is already revoked")
+        return ApiKey(*row)
+
+    # --- authentication ----------------------------------------------------------------
+    def authenticate(self, token: str) -> Principal:
+        """Verify a bearer token: signature, expiry, then the catalog (revocation)."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                issuer=ISSUER,
+                options={"require": ["iss", "sub", "jti", "scope", "iat"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("API key expired") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("invalid API key") from None
+        key_id, tenant, scope = claims["jti"], claims["sub"], claims["scope"]
+        with self._db() as db:
+            row = db.execute(
+                "SELECT k.tenant, k.scope, k.revoked_at, t.status FROM api_keys k "
+                "JOIN tenants t ON t.name = k.tenant WHERE k.key_id = ?",
+                (key_id,),
+            ).fetchone()
+            if row is None or row[0] != tenant or row[1] != scope:
+                raise Unauthorized("invalid API key")
+            if row[2] is not None:
+                raise Unauthorized("API key revoked")
+            db.execute("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (time.time(), key_id))
+        return Principal(tenant=tenant, key_id=key_id, scope=scope)

@@ -1,0 +1,137 @@
+"""Server settings: one table, one source of truth.
+
+Every setting has a default, a help text, a command-line flag (``--worker-idle-timeout``)
+and an environment variable (``FAISS_PROXY_WORKER_IDLE_TIMEOUT``).  A flag beats the
+environment, which beats the default.  The README's settings table is checked
+against :data:`SETTINGS` by the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Setting", "SETTINGS", "Settings", "add_arguments", "load_settings", "ENV_PREFIX"]
+
+ENV_PREFIX = "FAISS_PROXY_"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: type
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", str, "127.0.0.1", "Interface the HTTP/RPC port binds to."),
+    Setting("port", int, 8000, "TCP port for REST, RPC upgrades and health checks (0 picks a free port)."),
+    Setting(
+        "data_dir",
+        str,
+        "./faiss-proxy-data",
+        "Directory for the catalog (tenants, keys), the signing secret and tenant data.",
+    ),
+    Setting(
+        "worker_idle_timeout",
+        float,
+        300.0,
+        "Seconds a tenant worker with no open session keeps running before it is stopped.",
+    ),
+    Setting(
+        "worker_start_timeout",
+        float,
+        30.0,
+        "Seconds to wait for a new tenant worker to report ready before the RPC upgrade fails with 503.",
+    ),
+    Setting(
+        "worker_memory_limit_mb",
+        int,
+        0,
+        "Memory limit per tenant worker in MiB (RLIMIT_DATA); exceeding it raises MemoryError. 0: no limit.",
+    ),
+    Setting(
+        "session_threads",
+        int,
+        4,
+        "Threads serving one RPC session, so calls from several client threads run in parallel.",
+    ),
+    Setting("omp_threads", int, 0, "OpenMP threads a worker uses for batch calls; 0 uses all cores."),
+    Setting(
+        "omp_min_rows", int, 32, "Calls whose largest array argument has fewer rows than this run on one OpenMP thread."
+    ),
+    Setting(
+        "max_message_mb",
+        int,
+        1024,
+        "Largest RPC message (arguments or results of one call) in MiB; larger frames close the session.",
+    ),
+    Setting("log_level", str, "info", "Log level: debug, info, warning or error."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str = "./faiss-proxy-data"
+    worker_idle_timeout: float = 300.0
+    worker_start_timeout: float = 30.0
+    worker_memory_limit_mb: int = 0
+    session_threads: int = 4
+    omp_threads: int = 0
+    omp_min_rows: int = 32
+    max_message_mb: int = 1024
+    log_level: str = "info"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+
+def _convert(setting: Setting, raw: str) -> Any:
+    try:
+        return setting.type(raw)
+    except ValueError as exc:
+        raise SystemExit(f"invalid value {raw!r} for {setting.env}/{setting.flag}: {exc}") from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """Add ``--flag`` options for the given settings (all by default)."""
+    for s in SETTINGS:
+        if names is None or s.name in names:
+            parser.add_argument(
+                s.flag,
+                dest=s.name,
+                default=None,
+                metavar=s.type.__name__.upper(),
+                help=f"{s.help} (default: {s.default!r}; env {s.env})",
+            )
+
+
+def load_settings(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, overridden by ``FAISS_PROXY_*`` variables, overridden by flags."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        value = s.default
+        if s.env in env and env[s.env] != "":
+            value = _convert(s, env[s.env])
+        flag_value = getattr(args, s.name, None) if args is not None else None
+        if flag_value is not None:
+            value = _convert(s, flag_value)
+        values[s.name] = value
+    return Settings(**values)

@@ -1,0 +1,352 @@
+"""The reflection boundary: which parts of the installed ``faiss`` a tenant may touch.
+
+faiss-proxy does not re-implement index types.  It *reflects* the real ``faiss``
+module, and this module decides what of it is visible.  The raw module is not safe
+to expose: it holds ``os``, ``subprocess``, ``sys``, ``np``, raw-pointer helpers and
+``*_c`` methods taking raw pointers.  So the exposed namespace is an **allow-list
+computed from the installed faiss**:
+
+* public classes and functions whose ``__module__`` is faiss's own code, and plain
+  numeric/str constants;
+* minus everything that gives memory, file-system, process or interpreter access
+  (:data:`DENIED_FUNCTIONS`, :func:`denied_class_reason`);
+* minus std::vector and other container wrappers: those never cross as objects, they
+  are copied out by value as NumPy arrays (``index.codes`` is an array on the client,
+  so ``index.codes.clear()`` cannot free memory the index still uses).
+
+Attribute access on reflected objects goes through the same filter
+(:func:`check_attribute`): no ``_`` names, no ``*_c``, no ``this``/``thisown``,
+no ``get_xb``/``data``.  Results are filtered too (:meth:`Reflection.encode`): a raw
+SWIG pointer is refused, whichever method returned it.
+
+Server objects reach the client wrapped in a :class:`Handle`, an opaque box whose
+only RPyC-visible behaviour is to be passed back.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from faiss_proxy import _wire as w
+
+__all__ = ["Reflection", "Handle", "check_attribute", "DENIED_FUNCTIONS", "ExposureError"]
+
+
+class ExposureError(AttributeError):
+    """A name or value that the reflection boundary does not expose."""
+
+
+#: Functions that would give raw memory, file-system or interpreter access, or that
+#: only make sense with objects that never cross the boundary.
+DENIED_FUNCTIONS: dict[str, str] = {
+    "swig_ptr": "raw memory access is refused by design",
+    "rev_swig_ptr": "raw memory access is refused by design",
+    "memcpy": "raw memory access is refused by design",
+    "read_index": "server paths are never used; faiss_proxy.read_index reads the client's file",
+    "write_index": "server paths are never used; faiss_proxy.write_index writes the client's file",
+    "read_index_binary": "server paths are never used; faiss_proxy.read_index_binary reads locally",
+    "write_index_binary": "server paths are never used; faiss_proxy.write_index_binary writes locally",
+    "vector_to_array": "std::vector values already arrive as NumPy arrays",
+    "vector_float_to_array": "std::vector values already arrive as NumPy arrays",
+    "copy_array_to_vector": "std::vector objects are not exposed",
+    "copy_array_to_AlignedTable": "AlignedTable objects are not exposed",
+    "array_to_AlignedTable": "AlignedTable objects are not exposed",
+    "AlignedTable_to_array": "AlignedTable objects are not exposed",
+    "add_ref_in_constructor": "faiss internal helper",
+    "add_ref_in_function": "faiss internal helper",
+    "add_ref_in_method": "faiss internal helper",
+    "add_ref_in_method_explicit_own": "faiss internal helper",
+    "add_to_referenced_objects": "faiss internal helper",
+}
+
+_DENIED_FUNCTION_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^cast_integer_to_.*_ptr$"), "raw memory access is refused by design"),
+    (re.compile(r".*_c$"), "raw-pointer entry points are refused; call the method without _c"),
+    (re.compile(r"^(read|write)_"), "server paths are never used; files stay on the client"),
+    (re.compile(r".*_swigregister$"), "SWIG internals"),
+    (re.compile(r"^InterruptCallback"), "process-global interrupt handling is not exposed"),
+    (re.compile(r"^downcast_IO"), "I/O objects are not exposed"),
+)
+
+_DENIED_CLASS_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r".*Vector(Vector)?$"), "std::vector values travel by value as NumPy arrays"),
+    (re.compile(r"^MaybeOwnedVector"), "std::vector values travel by value as NumPy arrays"),
+    (re.compile(r"^AlignedTable"), "AlignedTable values are not exposed"),
+    (re.compile(r".*IO(Reader|Writer)$"), "I/O objects reach files or raw memory on the server"),
+    (re.compile(r".*IOHook$"), "I/O objects reach files on the server"),
+    (re.compile(r"^OnDisk"), "on-disk structures reach files on the server"),
+    (re.compile(r"^Mmapped|^MaybeOwnedVectorOwner$"), "memory-mapped files are not exposed"),
+    (re.compile(r"^PyCallback"), "callbacks into the client are not allowed"),
+    (
+        re.compile(r".*InterruptCallback$|^TimeoutCallback$|^TimeoutGuard$"),
+        "process-global interrupt handling is not exposed",
+    ),
+    (re.compile(r"^SwigPyIterator$"), "SWIG internals"),
+    (re.compile(r"^WorkerThread$"), "server threads are not exposed"),
+)
+
+#: Attribute names refused on every object, besides ``_`` names and ``*_c``.
+DENIED_ATTRIBUTES = frozenset({"this", "thisown", "get_xb", "data", "referenced_objects"})
+
+_CONSTANT_TYPES = (bool, int, float)
+_PLAIN = (type(None), bool, int, float, str, bytes, complex)
+
+
+def denied_function_reason(name: str) -> str | None:
+    if name in DENIED_FUNCTIONS:
+        return DENIED_FUNCTIONS[name]
+    for pattern, reason in _DENIED_FUNCTION_PATTERNS:
+        if pattern.match(name):
+            return reason
+    return None
+
+
+def denied_class_reason(name: str) -> str | None:
+    for pattern, reason in _DENIED_CLASS_PATTERNS:
+        if pattern.match(name):
+            return reason
+    return None
+
+
+def check_attribute(name: Any) -> str:
+    """Validate an attribute name a client asked for; return it or raise."""
+    if type(name) is not str or not name.isidentifier():
+        raise ExposureError("attribute names must be identifiers")
+    if name.startswith("_"):
+        raise ExposureError(f"'{name}': private and special attributes are not exposed")
+    if name.endswith("_c"):
+        raise ExposureError(f"'{name}': raw-pointer methods are not exposed; call the method without _c")
+    if name in DENIED_ATTRIBUTES:
+        raise ExposureError(f"'{name}' is not exposed (raw memory or faiss internals)")
+    return name
+
+
+def _is_faiss_code(obj: Any) -> bool:
+    module = getattr(obj, "__module__", None)
+    return isinstance(module, str) and (module == "faiss" or module.startswith("faiss."))
+
+
+def _is_swig_pointer(value: Any) -> bool:
+    return type(value).__name__ in ("SwigPyObject", "SwigVarLink")
+
+
+class Handle:
+    """An opaque box around one server object, as a client sees it.
+
+    RPyC lets a peer touch a netref'd object's attributes through ``_rpyc_getattr``;
+    this one refuses everything, so the only thing a client can do with a handle
+    is pass it back to the service, which unwraps it.  ``keep`` holds the objects
+    this one may point into (its parent index, the arguments of the call that
+    produced it), so a sub-object can never outlive the memory it refers to.
+    """
+
+    __slots__ = ("__weakref__", "keep", "obj")
+
+    def __init__(self, obj: Any, keep: tuple[Any, ...] = ()) -> None:
+        self.obj = obj
+        self.keep = keep
+
+    def _rpyc_getattr(self, name: str) -> Any:
+        raise AttributeError("access denied")
+
+    def _rpyc_setattr(self, name: str, value: Any) -> None:
+        raise AttributeError("access denied")
+
+    def _rpyc_delattr(self, name: str) -> None:
+        raise AttributeError("access denied")
+
+    def __repr__(self) -> str:
+        return f"<remote faiss.{type(self.obj).__name__}>"
+
+
+class Reflection:
+    """The allow-listed view of one installed ``faiss`` module."""
+
+    def __init__(self, faiss_module: types.ModuleType) -> None:
+        self.faiss = faiss_module
+        self.functions: dict[str, Callable[..., Any]] = {}
+        self.classes: dict[str, type] = {}
+        self.constants: dict[str, Any] = {}
+        self.denied: dict[str, str] = {}
+        for name in dir(faiss_module):
+            if name.startswith("_"):
+                continue
+            value = getattr(faiss_module, name)
+            if isinstance(value, types.ModuleType):
+                self.denied[name] = "modules are not exposed"
+            elif inspect.isclass(value):
+                reason = None if _is_faiss_code(value) else "not part of faiss"
+                reason = reason or denied_class_reason(name)
+                if reason:
+                    self.denied[name] = reason
+                else:
+                    self.classes[name] = value
+            elif callable(value):
+                reason = None if _is_faiss_code(value) else "not part of faiss"
+                reason = reason or denied_function_reason(name)
+                if reason:
+                    self.denied[name] = reason
+                else:
+                    self.functions[name] = value
+            elif type(value) in _CONSTANT_TYPES or (type(value) is str and name.isupper()):
+                self.constants[name] = value
+            else:
+                self.denied[name] = "not exposed"
+        self._class_info: dict[type, tuple[Any, ...]] = {}
+        self._vector_dtypes = dict(getattr(faiss_module, "vector_name_map", {}))
+
+    # --- the namespace --------------------------------------------------------------
+    def namespace(self) -> tuple[tuple[Any, ...], ...]:
+        """``(name, kind, value)`` for everything exposed, plus denied names with reasons."""
+        rows: list[tuple[Any, ...]] = []
+        rows += [(n, "function", None) for n in self.functions]
+        rows += [(n, "class", None) for n in self.classes]
+        rows += [(n, "constant", v) for n, v in self.constants.items()]
+        rows += [(n, "denied", reason) for n, reason in self.denied.items()]
+        return tuple(rows)
+
+    def class_allowed(self, cls: type) -> bool:
+        return _is_faiss_code(cls) and denied_class_reason(cls.__name__) is None
+
+    def describe(self, cls: type) -> tuple[Any, ...]:
+        """Class info for the client proxy: ``(name, bases, methods, properties)`` per
+        class of ``cls``'s MRO that faiss defines, most derived first."""
+        cached = self._class_info.get(cls)
+        if cached is not None:
+            return cached
+        rows = []
+        for klass in cls.__mro__:
+            if klass is object or not _is_faiss_code(klass):
+                continue
+            bases = tuple(b.__name__ for b in klass.__bases__ if _is_faiss_code(b))
+            methods, props = [], []
+            for name, value in vars(klass).items():
+                try:
+                    check_attribute(name)
+                except ExposureError:
+                    continue
+                if isinstance(value, property):
+                    props.append(name)
+                elif isinstance(value, (staticmethod, classmethod)):
+                    continue
+                elif callable(value):
+                    methods.append(name)
+            rows.append((klass.__name__, bases, tuple(methods), tuple(props)))
+        info = tuple(rows)
+        self._class_info[cls] = info
+        return info
+
+    def class_by_name(self, name: Any) -> type:
+        if type(name) is not str:
+            raise TypeError("class names are strings")
+        cls = self.classes.get(name)
+        if cls is not None:
+            return cls
+        for known in list(self.classes.values()):
+            for klass in known.__mro__:
+                if klass.__name__ == name and self.class_allowed(klass):
+                    return klass
+        raise self.missing(name)
+
+    def function(self, name: Any) -> Callable[..., Any]:
+        if type(name) is not str:
+            raise TypeError("function names are strings")
+        fn = self.functions.get(name)
+        if fn is None:
+            raise self.missing(name)
+        return fn
+
+    def missing(self, name: str) -> ExposureError:
+        reason = self.denied.get(name) or denied_function_reason(name) or denied_class_reason(name)
+        if reason:
+            return ExposureError(f"faiss.{name} is not available through faiss-proxy: {reason}")
+        return ExposureError(f"module 'faiss' has no attribute '{name}'")
+
+    # --- values crossing the boundary -------------------------------------------------
+    def decode(self, value: Any, arrays: list[np.ndarray] | None = None) -> Any:
+        """Turn a wire value from a client into a Python value for faiss."""
+        if type(value) in _PLAIN:
+            return value
+        if isinstance(value, Handle):
+            return value.obj
+        if type(value) is not tuple or not value or type(value[0]) is not str:
+            raise TypeError(f"malformed argument of type {type(value).__name__}")
+        tag = value[0]
+        if tag == w.ND and len(value) == 4:
+            array = w.decode_array(value[1], value[2], value[3])
+            if arrays is not None:
+                arrays.append(array)
+            return array
+        if tag == w.TUP:
+            return tuple(self.decode(v, arrays) for v in value[1:])
+        if tag == w.LST:
+            return [self.decode(v, arrays) for v in value[1:]]
+        if tag == w.DCT:
+            out = {}
+            for pair in value[1:]:
+                if type(pair) is not tuple or len(pair) != 2:
+                    raise TypeError("malformed dict argument")
+                out[self.decode(pair[0])] = self.decode(pair[1], arrays)
+            return out
+        if tag == w.SCA and len(value) == 3:
+            return w.decode_scalar(value[1], value[2])
+        if tag == w.OBJ and len(value) == 2 and isinstance(value[1], Handle):
+            return value[1].obj
+        raise TypeError("malformed argument")
+
+    def encode(self, value: Any, keep: tuple[Any, ...], seen: Iterable[tuple[int, Any]] = ()) -> Any:
+        """Turn a faiss result into a wire value for the client.
+
+        ``keep`` is what a returned object must keep alive; ``seen`` pairs
+        ``(id(argument), position)`` so that a result which *is* a caller's array
+        (``search(..., D=D, I=I)``) comes back as a reference to it."""
+        if type(value) in _PLAIN:
+            return value
+        if isinstance(value, np.ndarray):
+            for ident, position in seen:
+                if ident == id(value):
+                    return (w.ARG, position)
+            if value.dtype == object:
+                raise TypeError("object arrays are not returned")
+            return w.encode_array(value)
+        if isinstance(value, np.generic):
+            return w.encode_scalar(value)
+        if type(value) is tuple:
+            return (w.TUP, *(self.encode(v, keep, seen) for v in value))
+        if type(value) is list:
+            return (w.LST, *(self.encode(v, keep, seen) for v in value))
+        if type(value) is dict:
+            return (w.DCT, *((self.encode(k, keep), self.encode(v, keep, seen)) for k, v in value.items()))
+        if _is_swig_pointer(value):
+            raise TypeError("raw pointers are not returned by faiss-proxy (raw memory access is refused)")
+        cls = type(value)
+        name = cls.__name__
+        if _is_faiss_code(cls):
+            vector = self._vector_value(value, keep)
+            if vector is not None:
+                return vector
+            if self.class_allowed(cls):
+                return (w.OBJ, Handle(value, keep), name)
+        raise TypeError(f"values of type {cls.__module__}.{name} are not returned by faiss-proxy")
+
+    def _vector_value(self, value: Any, keep: tuple[Any, ...]) -> Any:
+        """std::vector-like containers come back by value."""
+        name = type(value).__name__
+        if name.startswith("MaybeOwnedVector") and not name.endswith("Vector"):
+            return w.encode_array(self.faiss.vector_to_array(value))
+        if name.startswith("AlignedTable"):
+            return w.encode_array(self.faiss.AlignedTable_to_array(value))
+        if not name.endswith("Vector"):
+            return None
+        if name[:-6] in self._vector_dtypes:
+            return w.encode_array(self.faiss.vector_to_array(value))
+        if hasattr(value, "size") and hasattr(value, "at"):
+            items = [value.at(i) for i in range(value.size())]
+            return (w.TUP, *(self.encode(v, (value, *keep)) for v in items))
+        return None

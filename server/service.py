@@ -1,0 +1,255 @@
+"""The RPyC service a tenant worker runs for one client session.
+
+The service exposes six operations and nothing else (RPyC's ``exposed_`` prefix,
+with ``_rpyc_getattr`` refusing every other name):
+
+``hello``       server and faiss versions
+``namespace``   the allow-listed faiss names (see :mod:`.reflection`)
+``describe``    methods and properties of a class, for the client's proxy classes
+``new``         construct a faiss class: ``faiss.IndexFlatL2(d)``
+``function``    call a module function: ``faiss.index_factory(d, "IVF64,Flat")``
+``call``        call a method on a server object: ``index.search(x, k)``
+``getattr`` / ``setattr``   ``index.nprobe``, ``index.nprobe = 16``
+
+Every argument and result goes through the :class:`~.reflection.Reflection` codec.
+In-place semantics are kept: an array argument that the call wrote into (the ``x``
+of ``normalize_L2(x)``, the ``D``/``I`` of ``search(x, k, D=D, I=I)``) is sent back
+and the client copies it into the caller's array.  Arrays that faiss only reads
+(the ``x`` of ``add``, ``search``, ``train``, ...) are not compared or copied.
+
+Each call also applies the worker's OpenMP policy (:class:`ThreadPolicy`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from faiss_proxy import _wire as w
+
+from .reflection import Handle, Reflection, check_attribute
+
+__all__ = ["FaissService", "ThreadPolicy", "SessionStats", "READ_ONLY_INPUT_METHODS"]
+
+#: Methods whose positional array arguments faiss only reads (``const float* x`` in
+#: C++).  Their positional arrays are not checked for writes; keyword arrays are.
+READ_ONLY_INPUT_METHODS = frozenset(
+    {
+        "add",
+        "add_with_ids",
+        "train",
+        "search",
+        "range_search",
+        "assign",
+        "remove_ids",
+        "update_vectors",
+        "search_and_reconstruct",
+        "sa_encode",
+        "compute_residual_n",
+        "knn",
+        "pairwise_distances",
+        "index_factory",
+    }
+)
+
+
+class ThreadPolicy:
+    """How many OpenMP threads a call gets.
+
+    On a small machine, OpenMP's default (all cores, busy-waiting) made single-query
+    searches 10-100x slower under load.  So a call whose largest array argument
+    has fewer than ``min_rows`` rows runs on one thread, and a batch gets
+    ``max_threads``.  ``omp_set_num_threads(n)`` from the tenant changes
+    ``max_threads`` for that tenant's worker only.  libgomp keeps the thread
+    count per calling thread, so the policy is applied on the serving thread right
+    before each call.
+    """
+
+    def __init__(self, omp_set: Callable[[int], None], max_threads: int, min_rows: int) -> None:
+        self._omp_set = omp_set
+        self.max_threads = max(1, max_threads)
+        self.min_rows = max(1, min_rows)
+        self._local = threading.local()
+
+    def apply(self, arrays: list[np.ndarray]) -> None:
+        rows = max((a.shape[0] for a in arrays if a.ndim >= 1), default=0)
+        wanted = self.max_threads if rows >= self.min_rows else 1
+        if getattr(self._local, "threads", None) != wanted:
+            self._omp_set(wanted)
+            self._local.threads = wanted
+
+
+@dataclass
+class SessionStats:
+    calls: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, ok: bool) -> None:
+        with self.lock:
+            self.calls += 1
+            if not ok:
+                self.errors += 1
+
+
+_EXPOSED = frozenset({"hello", "namespace", "describe", "new", "function", "call", "getattr", "setattr"})
+
+
+class FaissService:
+    """One client session's view of the tenant's faiss (see module doc)."""
+
+    def __init__(self, reflection: Reflection, policy: ThreadPolicy, version: str) -> None:
+        self.reflection = reflection
+        self.policy = policy
+        self.version = version
+        self.stats = SessionStats()
+
+    # rpyc protocol hooks ------------------------------------------------------------
+    def on_connect(self, conn: Any) -> None:
+        pass
+
+    def on_disconnect(self, conn: Any) -> None:
+        pass
+
+    def _rpyc_getattr(self, name: str) -> Any:
+        if name in _EXPOSED:
+            return getattr(self, "exposed_" + name)
+        raise AttributeError("access denied")
+
+    def _rpyc_setattr(self, name: str, value: Any) -> None:
+        raise AttributeError("access denied")
+
+    def _rpyc_delattr(self, name: str) -> None:
+        raise AttributeError("access denied")
+
+    # exposed operations ---------------------------------------------------------------
+    def exposed_hello(self) -> tuple[Any, ...]:
+        return ("faiss-proxy", self.version, "faiss", str(self.reflection.faiss.__version__))
+
+    def exposed_namespace(self) -> tuple[tuple[Any, ...], ...]:
+        return self.reflection.namespace()
+
+    def exposed_describe(self, name: Any) -> tuple[Any, ...]:
+        return self.reflection.describe(self.reflection.class_by_name(name))
+
+    def exposed_new(self, name: Any, args: Any, kwargs: Any) -> Any:
+        cls = self.reflection.class_by_name(name)
+        return self._invoke(cls, name, args, kwargs, keep=())
+
+    def exposed_function(self, name: Any, args: Any, kwargs: Any) -> Any:
+        fn = self.reflection.function(name)
+        if name == "omp_set_num_threads":
+            return self._omp_set_num_threads(args)
+        return self._invoke(fn, name, args, kwargs, keep=())
+
+    def exposed_call(self, handle: Any, name: Any, args: Any, kwargs: Any) -> Any:
+        target = self._unwrap(handle)
+        method = getattr(target, check_attribute(name))
+        if not callable(method):
+            raise TypeError(f"'{type(method).__name__}' object is not callable")
+        return self._invoke(method, name, args, kwargs, keep=(target,))
+
+    def exposed_getattr(self, handle: Any, name: Any) -> Any:
+        target = self._unwrap(handle)
+        try:
+            value = getattr(target, check_attribute(name))
+        except Exception:
+            self.stats.count(False)
+            raise
+        self.stats.count(True)
+        if callable(value) and not isinstance(value, np.ndarray) and not _is_faiss_object(value):
+            return (w.MTH, name)
+        return self.reflection.encode(value, keep=(target,))
+
+    def exposed_setattr(self, handle: Any, name: Any, value: Any) -> None:
+        target = self._unwrap(handle)
+        check_attribute(name)
+        cls_attr = getattr(type(target), name, None)
+        if not isinstance(cls_attr, property) and name not in getattr(target, "__dict__", {}):
+            self.stats.count(False)
+            raise AttributeError(f"'{type(target).__name__}' object has no attribute '{name}'")
+        decoded = self.reflection.decode(value)
+        try:
+            setattr(target, name, decoded)
+        except Exception:
+            self.stats.count(False)
+            raise
+        self.stats.count(True)
+        if _is_faiss_object(decoded):
+            # faiss's own convention for keeping referenced C++ objects alive.
+            refs = getattr(target, "referenced_objects", None)
+            if isinstance(refs, list):
+                refs.append(decoded)
+            else:
+                target.referenced_objects = [decoded]
+
+    # helpers ---------------------------------------------------------------------------
+    def _unwrap(self, handle: Any) -> Any:
+        if not isinstance(handle, Handle):
+            raise TypeError("not a remote faiss object")
+        return handle.obj
+
+    def _omp_set_num_threads(self, args: Any) -> None:
+        if type(args) is not tuple or len(args) != 1 or type(args[0]) is not int:
+            raise TypeError("omp_set_num_threads(num_threads: int)")
+        self.policy.max_threads = max(1, args[0])
+        self.stats.count(True)
+
+    def _invoke(self, fn: Callable[..., Any], name: str, args: Any, kwargs: Any, keep: tuple[Any, ...]) -> Any:
+        try:
+            result = self._invoke_inner(fn, name, args, kwargs, keep)
+        except Exception:
+            self.stats.count(False)
+            raise
+        self.stats.count(True)
+        return result
+
+    def _invoke_inner(self, fn: Callable[..., Any], name: str, args: Any, kwargs: Any, keep: tuple[Any, ...]) -> Any:
+        if type(args) is not tuple or type(kwargs) is not tuple:
+            raise TypeError("malformed call")
+        r = self.reflection
+        arrays: list[np.ndarray] = []
+        pos = [r.decode(a, arrays) for a in args]
+        kw: dict[str, Any] = {}
+        for pair in kwargs:
+            if type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not str:
+                raise TypeError("malformed keyword arguments")
+            kw[pair[0]] = r.decode(pair[1], arrays)
+
+        # Arrays the call might write into: snapshot them to detect writes.
+        watch: list[tuple[Any, np.ndarray, np.ndarray]] = []
+        for i, v in enumerate(pos):
+            if isinstance(v, np.ndarray) and name not in READ_ONLY_INPUT_METHODS:
+                watch.append((i, v, v.copy()))
+        for k, v in kw.items():
+            if isinstance(v, np.ndarray):
+                watch.append((k, v, v.copy()))
+
+        self.policy.apply(arrays)
+        result = fn(*pos, **kw)
+
+        seen: list[tuple[int, int | str]] = [(id(v), i) for i, v in enumerate(pos) if isinstance(v, np.ndarray)]
+        seen += [(id(v), k) for k, v in kw.items() if isinstance(v, np.ndarray)]
+        object_args = tuple(v for v in (*pos, *kw.values()) if _is_faiss_object(v))
+        encoded = r.encode(result, keep=(*keep, *object_args), seen=seen)
+        writebacks = tuple((where, w.encode_array(array)) for where, array, before in watch if not _same(array, before))
+        return (encoded, writebacks)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.nbytes == 0:
+        return True
+    if a.nbytes % 8 == 0:
+        return bool(np.array_equal(a.reshape(-1).view(np.uint64), b.reshape(-1).view(np.uint64)))
+    return bool(np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)))
+
+
+def _is_faiss_object(value: Any) -> bool:
+    module = getattr(type(value), "__module__", "") or ""
+    return module == "faiss" or module.startswith("faiss.")

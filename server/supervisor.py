@@ -1,0 +1,212 @@
+"""Tenant workers: one OS process per active tenant, started on demand.
+
+The supervisor lives in the gateway's IOLoop.  :meth:`Supervisor.hand_off` gives an
+authenticated client socket to the tenant's worker (starting it if needed) by
+passing the file descriptor over the worker's control channel.  The worker reports
+``open``/``close`` per session; a worker with no session for
+``worker_idle_timeout`` seconds is stopped.  When a worker dies (SIGKILL, a
+segfault inside faiss, the memory limit) its control channel closes: the
+supervisor logs how it ended and forgets it, and the tenant's next connection
+starts a fresh one.  Other tenants never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Settings
+from .errors import ServiceUnavailable
+
+__all__ = ["Supervisor", "WorkerProcess"]
+
+log = logging.getLogger("faiss_proxy.supervisor")
+
+
+@dataclass
+class WorkerProcess:
+    tenant: str
+    proc: subprocess.Popen[bytes]
+    control: socket.socket
+    ready: asyncio.Future[int]
+    sessions: int = 0
+    last_active: float = field(default_factory=time.monotonic)
+    alive: bool = True
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.workers: dict[str, WorkerProcess] = {}
+        self.restarts = 0
+        self._starting: dict[str, asyncio.Lock] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
+
+    async def hand_off(self, tenant: str, sock: socket.socket, header: dict[str, Any]) -> None:
+        """Give ``sock`` to ``tenant``'s worker; the caller closes its own copy."""
+        worker = await self.worker_for(tenant)
+        try:
+            socket.send_fds(worker.control, [json.dumps(header).encode()], [sock.fileno()])
+        except OSError as exc:
+            self._forget(worker, f"control channel failed: {exc}")
+            raise ServiceUnavailable(f"worker for tenant '{tenant}' is not available") from exc
+        worker.last_active = time.monotonic()
+
+    async def worker_for(self, tenant: str) -> WorkerProcess:
+        lock = self._starting.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            worker = self.workers.get(tenant)
+            if worker is None or not worker.alive:
+                worker = self._spawn(tenant)
+                self.workers[tenant] = worker
+        try:
+            await asyncio.wait_for(asyncio.shield(worker.ready), self.settings.worker_start_timeout)
+        except (TimeoutError, ConnectionError) as exc:
+            self._forget(worker, "did not start")
+            raise ServiceUnavailable(f"worker for tenant '{tenant}' failed to start") from exc
+        return worker
+
+    def _spawn(self, tenant: str) -> WorkerProcess:
+        s = self.settings
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(os.environ)
+        env.setdefault("MALLOC_ARENA_MAX", "2")
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = [
+            sys.executable,
+            "-m",
+            "faiss_proxy_server.worker",
+            "--tenant",
+            tenant,
+            "--control-fd",
+            str(child.fileno()),
+            "--memory-limit-mb",
+            str(s.worker_memory_limit_mb),
+            "--session-threads",
+            str(s.session_threads),
+            "--omp-threads",
+            str(s.omp_threads),
+            "--omp-min-rows",
+            str(s.omp_min_rows),
+            "--max-message-mb",
+            str(s.max_message_mb),
+            "--log-level",
+            s.log_level,
+        ]
+        proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL)
+        child.close()
+        parent.setblocking(False)
+        loop = asyncio.get_running_loop()
+        worker = WorkerProcess(tenant, proc, parent, loop.create_future())
+        loop.add_reader(parent.fileno(), self._on_control, worker)
+        log.info("worker started tenant=%s pid=%d", tenant, proc.pid)
+        return worker
+
+    def _on_control(self, worker: WorkerProcess) -> None:
+        try:
+            data = worker.control.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._forget(worker, "control channel closed")
+            return
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return
+        kind = event.get("event")
+        worker.last_active = time.monotonic()
+        if kind == "ready" and not worker.ready.done():
+            worker.ready.set_result(int(event.get("pid", worker.pid)))
+        elif kind == "open":
+            worker.sessions += 1
+        elif kind == "close":
+            worker.sessions = max(0, worker.sessions - 1)
+
+    def _forget(self, worker: WorkerProcess, why: str) -> None:
+        if not worker.alive:
+            return
+        worker.alive = False
+        try:
+            asyncio.get_running_loop().remove_reader(worker.control.fileno())
+        except (RuntimeError, ValueError, OSError):
+            pass
+        worker.control.close()
+        if not worker.ready.done():
+            worker.ready.set_exception(ConnectionError(why))
+        if self.workers.get(worker.tenant) is worker:
+            del self.workers[worker.tenant]
+        code = _wait_briefly(worker.proc)
+        if code is not None and code < 0:
+            self.restarts += 1
+            log.warning(
+                "worker died tenant=%s pid=%d signal=%s (%s)", worker.tenant, worker.pid, _signal_name(-code), why
+            )
+        elif code not in (None, 0):
+            self.restarts += 1
+            log.warning("worker exited tenant=%s pid=%d status=%d (%s)", worker.tenant, worker.pid, code, why)
+        else:
+            log.info("worker stopped tenant=%s pid=%d (%s)", worker.tenant, worker.pid, why)
+
+    def stop_worker(self, tenant: str, why: str = "stopped") -> None:
+        worker = self.workers.get(tenant)
+        if worker is None:
+            return
+        if worker.proc.poll() is None:
+            worker.proc.terminate()
+        self._forget(worker, why)
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, max(0.2, self.settings.worker_idle_timeout / 4)))
+            now = time.monotonic()
+            for tenant, worker in list(self.workers.items()):
+                if worker.proc.poll() is not None:
+                    self._forget(worker, "process exited")
+                elif worker.sessions == 0 and now - worker.last_active > self.settings.worker_idle_timeout:
+                    self.stop_worker(tenant, "idle")
+
+    def shutdown(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for tenant in list(self.workers):
+            self.stop_worker(tenant, "server shutdown")
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [{"tenant": w.tenant, "pid": w.pid, "sessions": w.sessions} for w in self.workers.values()]
+
+
+def _wait_briefly(proc: subprocess.Popen[bytes], timeout: float = 2.0) -> int | None:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return str(num)

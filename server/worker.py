@@ -1,0 +1,185 @@
+"""A tenant worker: the OS process that holds one tenant's faiss objects.
+
+The gateway starts one worker per active tenant (``python -m faiss_proxy_server.worker``)
+with one end of a ``SOCK_SEQPACKET`` socket pair as its control channel.  For each
+authenticated RPC session the gateway sends a small JSON header and the client's
+socket file descriptor (``SCM_RIGHTS``); from then on the client talks RPyC to this
+process directly, with no relay in between.
+
+A crash here (a segfault in faiss, an abort, the memory limit) ends only this
+tenant's sessions; the gateway notices the closed control channel and starts a
+fresh worker on the tenant's next connection.
+
+Messages to the gateway, one JSON object per datagram:
+``{"event": "ready", "pid": ...}``, ``{"event": "open"}``, ``{"event": "close"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+__all__ = ["main", "WorkerOptions"]
+
+log = logging.getLogger("faiss_proxy.worker")
+
+SWITCHING_PROTOCOLS = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: faiss-proxy-rpc\r\nConnection: Upgrade\r\n\r\n"
+
+
+class WorkerOptions(argparse.Namespace):
+    tenant: str
+    control_fd: int
+    memory_limit_mb: int
+    session_threads: int
+    omp_threads: int
+    omp_min_rows: int
+    max_message_mb: int
+    log_level: str
+
+
+def _parse(argv: list[str] | None) -> WorkerOptions:
+    p = argparse.ArgumentParser(prog="faiss-proxy-worker")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--control-fd", type=int, required=True)
+    p.add_argument("--memory-limit-mb", type=int, default=0)
+    p.add_argument("--session-threads", type=int, default=4)
+    p.add_argument("--omp-threads", type=int, default=0)
+    p.add_argument("--omp-min-rows", type=int, default=32)
+    p.add_argument("--max-message-mb", type=int, default=1024)
+    p.add_argument("--log-level", default="info")
+    return p.parse_args(argv, namespace=WorkerOptions())
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker if the gateway dies (best effort)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _limit_memory(limit_mb: int) -> None:
+    if limit_mb > 0:
+        limit = limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
+class Worker:
+    def __init__(self, opts: WorkerOptions) -> None:
+        import faiss
+
+        from faiss_proxy import __version__
+
+        from .reflection import Reflection
+        from .service import ThreadPolicy
+
+        self.opts = opts
+        self.faiss = faiss
+        self.version = __version__
+        self.reflection = Reflection(faiss)
+        cores = os.cpu_count() or 1
+        self.policy = ThreadPolicy(faiss.omp_set_num_threads, opts.omp_threads or cores, opts.omp_min_rows)
+        self.control = socket.socket(fileno=opts.control_fd)
+        self._send_lock = threading.Lock()
+
+    def notify(self, **event: Any) -> None:
+        data = json.dumps(event).encode()
+        with self._send_lock:
+            try:
+                self.control.send(data)
+            except OSError:
+                pass
+
+    def run(self) -> None:
+        self.notify(event="ready", pid=os.getpid())
+        while True:
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(self.control, 65536, 4)
+            except OSError:
+                break
+            if not msg:
+                break  # the gateway closed the control channel: shut down
+            try:
+                header = json.loads(msg)
+            except ValueError:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            for extra in fds[1:]:
+                os.close(extra)
+            if fds:
+                sock = socket.socket(fileno=fds[0])
+                threading.Thread(
+                    target=self.serve_session,
+                    args=(sock, header),
+                    daemon=True,
+                    name=f"session-{header.get('session', '?')}",
+                ).start()
+        log.info("worker tenant=%s exiting: control channel closed", self.opts.tenant)
+
+    def serve_session(self, sock: socket.socket, header: dict[str, Any]) -> None:
+        from faiss_proxy._transport import FrameChannel, ProtocolError, ServerConnection, server_config
+
+        from .service import FaissService
+
+        self.notify(event="open")
+        service = FaissService(self.reflection, self.policy, self.version)
+        started = time.monotonic()
+        outcome = "closed"
+        try:
+            sock.sendall(SWITCHING_PROTOCOLS)
+            channel = FrameChannel(sock, self.opts.max_message_mb * 1024 * 1024)
+            conn = ServerConnection(service, channel, server_config(str(header.get("session"))))
+            conn.serve_session(self.opts.session_threads)
+        except OSError:
+            outcome = "closed before start"
+        except ProtocolError as exc:
+            outcome = f"protocol-error ({exc})"
+        except Exception as exc:  # a broken session must not take the worker down
+            outcome = f"error: {type(exc).__name__}"
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+            stats = service.stats
+            log.info(
+                "rpc session tenant=%s key=%s peer=%s calls=%d errors=%d duration=%.3fs outcome=%s",
+                self.opts.tenant,
+                header.get("key_id"),
+                header.get("peer"),
+                stats.calls,
+                stats.errors,
+                time.monotonic() - started,
+                outcome,
+            )
+            self.notify(event="close")
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = _parse(argv)
+    logging.basicConfig(
+        level=getattr(logging, opts.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    _die_with_parent()
+    _limit_memory(opts.memory_limit_mb)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    Worker(opts).run()
+
+
+if __name__ == "__main__":
+    main()
