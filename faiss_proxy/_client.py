@@ -148,7 +148,8 @@ class Connection:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        sock = open_rpc_socket(client.url, client.api_key, min(client.timeout, 30.0))
+        # The handshake may start a worker: give it its own, generous limit.
+        sock = open_rpc_socket(client.url, client.api_key, max(client.timeout, 60.0))
         self.rpc = ClientConnection(FrameChannel(sock, client.max_message), client_config(client.timeout))
         self.pid = os.getpid()
         try:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import jwt
 
-from .errors import BadRequest, Conflict, NotFound, Unauthorized
+from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 
 __all__ = ["Catalog", "Tenant", "ApiKey", "Principal", "SCOPES"]
 
@@ -239,5 +239,7 @@ class Catalog:
                 raise Unauthorized("invalid API key")
             if row[2] is not None:
                 raise Unauthorized("API key revoked")
+            if row[3] != "active":
+                raise Forbidden(f"tenant '{tenant}' is {row[3]}")
             db.execute("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (time.time(), key_id))
         return Principal(tenant=tenant, key_id=key_id, scope=scope)

@@ -22,6 +22,7 @@ Each call also applies the worker's OpenMP policy (:class:`ThreadPolicy`).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -98,6 +99,38 @@ class SessionStats:
                 self.errors += 1
 
 
+def _builtin_exception(exc: Exception) -> Exception:
+    """The exception as the nearest builtin type, so any client can rebuild it.
+
+    (numpy's ``_ArrayMemoryError`` becomes ``MemoryError`` with numpy's message;
+    faiss's own errors already are ``RuntimeError``/``AssertionError``/...)"""
+    if type(exc).__module__ == "builtins":
+        return exc
+    for base in type(exc).__mro__[1:]:
+        if base.__module__ == "builtins" and issubclass(base, Exception):
+            return base(str(exc))
+    return RuntimeError(str(exc))
+
+
+def _operation(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Count the call in the session's stats and make its exception builtin."""
+
+    @functools.wraps(fn)
+    def wrapper(self: FaissService, *args: Any) -> Any:
+        try:
+            result = fn(self, *args)
+        except Exception as exc:
+            self.stats.count(False)
+            converted = _builtin_exception(exc)
+            if converted is exc:
+                raise
+            raise converted from None
+        self.stats.count(True)
+        return result
+
+    return wrapper
+
+
 _EXPOSED = frozenset({"hello", "namespace", "describe", "new", "function", "call", "getattr", "setattr"})
 
 
@@ -132,22 +165,29 @@ class FaissService:
     def exposed_hello(self) -> tuple[Any, ...]:
         return ("faiss-proxy", self.version, "faiss", str(self.reflection.faiss.__version__))
 
+    @_operation
     def exposed_namespace(self) -> tuple[tuple[Any, ...], ...]:
         return self.reflection.namespace()
 
+    @_operation
     def exposed_describe(self, name: Any) -> tuple[Any, ...]:
         return self.reflection.describe(self.reflection.class_by_name(name))
 
+    @_operation
     def exposed_new(self, name: Any, args: Any, kwargs: Any) -> Any:
         cls = self.reflection.class_by_name(name)
         return self._invoke(cls, name, args, kwargs, keep=())
 
+    @_operation
     def exposed_function(self, name: Any, args: Any, kwargs: Any) -> Any:
         fn = self.reflection.function(name)
         if name == "omp_set_num_threads":
             return self._omp_set_num_threads(args)
+        if name == "omp_get_max_threads":
+            return (self.policy.max_threads, ())
         return self._invoke(fn, name, args, kwargs, keep=())
 
+    @_operation
     def exposed_call(self, handle: Any, name: Any, args: Any, kwargs: Any) -> Any:
         target = self._unwrap(handle)
         method = getattr(target, check_attribute(name))
@@ -155,32 +195,23 @@ class FaissService:
             raise TypeError(f"'{type(method).__name__}' object is not callable")
         return self._invoke(method, name, args, kwargs, keep=(target,))
 
+    @_operation
     def exposed_getattr(self, handle: Any, name: Any) -> Any:
         target = self._unwrap(handle)
-        try:
-            value = getattr(target, check_attribute(name))
-        except Exception:
-            self.stats.count(False)
-            raise
-        self.stats.count(True)
+        value = getattr(target, check_attribute(name))
         if callable(value) and not isinstance(value, np.ndarray) and not _is_faiss_object(value):
             return (w.MTH, name)
         return self.reflection.encode(value, keep=(target,))
 
+    @_operation
     def exposed_setattr(self, handle: Any, name: Any, value: Any) -> None:
         target = self._unwrap(handle)
         check_attribute(name)
         cls_attr = getattr(type(target), name, None)
         if not isinstance(cls_attr, property) and name not in getattr(target, "__dict__", {}):
-            self.stats.count(False)
             raise AttributeError(f"'{type(target).__name__}' object has no attribute '{name}'")
         decoded = self.reflection.decode(value)
-        try:
-            setattr(target, name, decoded)
-        except Exception:
-            self.stats.count(False)
-            raise
-        self.stats.count(True)
+        setattr(target, name, decoded)
         if _is_faiss_object(decoded):
             # faiss's own convention for keeping referenced C++ objects alive.
             refs = getattr(target, "referenced_objects", None)
@@ -195,22 +226,14 @@ class FaissService:
             raise TypeError("not a remote faiss object")
         return handle.obj
 
-    def _omp_set_num_threads(self, args: Any) -> None:
+    def _omp_set_num_threads(self, args: Any) -> tuple[None, tuple[()]]:
+        """Sets the worker's batch thread count (this tenant's process only)."""
         if type(args) is not tuple or len(args) != 1 or type(args[0]) is not int:
             raise TypeError("omp_set_num_threads(num_threads: int)")
         self.policy.max_threads = max(1, args[0])
-        self.stats.count(True)
+        return (None, ())
 
     def _invoke(self, fn: Callable[..., Any], name: str, args: Any, kwargs: Any, keep: tuple[Any, ...]) -> Any:
-        try:
-            result = self._invoke_inner(fn, name, args, kwargs, keep)
-        except Exception:
-            self.stats.count(False)
-            raise
-        self.stats.count(True)
-        return result
-
-    def _invoke_inner(self, fn: Callable[..., Any], name: str, args: Any, kwargs: Any, keep: tuple[Any, ...]) -> Any:
         if type(args) is not tuple or type(kwargs) is not tuple:
             raise TypeError("malformed call")
         r = self.reflection

@@ -87,6 +87,9 @@ class Supervisor:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         env.setdefault("MALLOC_ARENA_MAX", "2")
+        # Idle OpenMP threads sleep instead of spinning: on a shared host, spinning
+        # workers of several tenants (and their clients) starve each other.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [
             sys.executable,

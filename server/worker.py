@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     _die_with_parent()
     _limit_memory(opts.memory_limit_mb)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

@@ -1,0 +1,363 @@
+"""Core latency and throughput benchmark: faiss-proxy against local FAISS.
+
+What is measured, for ``IndexFlatL2`` with d=128 float32 vectors (seeded random data)
+at nb=10k and nb=100k:
+
+* **single-query latency** (nq=1, k=10): p50 and p99 over many queries, after a
+  warm-up.  This is where the proxy's fixed cost (one RPC round trip, argument
+  encoding, result decoding) shows; the target is local p50 + 150 µs.
+* **batch search** (nq=1000, k=10): median wall time of a few runs.  Here the
+  transport cost should vanish behind the compute; the target is ≤ 1.1x local.
+* **add throughput**: MB/s for adding the nb vectors to a fresh index (median of a
+  few runs).  For a flat index, ``add`` is little more than a copy, so this is
+  essentially the transport's bandwidth; the target is ≥ 500 MB/s.
+* for reference, the p50 of reading ``index.ntotal``: for the proxy, the bare cost
+  of one round trip with no array in it (no target).
+
+Each metric is taken for three configurations:
+
+1. local FAISS with **one OpenMP thread** — the baseline the targets refer to.
+   On a small machine (2 cores), OpenMP's default team makes a *single small*
+   query much slower (thread wake-up and busy-wait costs dwarf the work), and the
+   server's worker deliberately runs small calls on one thread for that reason.
+   Comparing the proxy with a multi-threaded local run would flatter it.
+2. local FAISS with the **default** number of OpenMP threads, for reference.
+3. **faiss-proxy**: a remote index made with ``faiss_proxy.IndexFlatL2(128)`` after
+   ``faiss_proxy.configure(...)``; every call is a round trip to the tenant's worker.
+
+Before timing, the remote search result is compared with the local one (same
+labels ``I``), so the benchmark cannot silently measure garbage.
+
+By default the script starts its own server (``python -m faiss_proxy_server serve
+--port 0``) in a temporary data directory, with a tenant and an API key made by the
+``tenant create`` / ``key create`` commands, and stops it at the end.  With
+``--url URL --key KEY`` it benchmarks a server that is already running.
+
+    python bench/bench_core.py            # full run: 10k and 100k, a few minutes
+    python bench/bench_core.py --quick    # 10k only, fewer repetitions, < 1 minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+import faiss_proxy
+
+D = 128
+K = 10
+BATCH_NQ = 1000
+SEED = 1234
+TENANT = "bench"
+
+P50_SLACK_US = 150.0
+BATCH_MAX_RATIO = 1.1
+ADD_MIN_MBPS = 500.0
+
+
+# --------------------------------------------------------------------------------------
+# settings and results
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure."""
+
+    sizes: tuple[int, ...]
+    queries: int
+    warmup: int
+    batch_runs: int
+    add_runs: int
+
+
+FULL = Plan(sizes=(10_000, 100_000), queries=1000, warmup=100, batch_runs=5, add_runs=5)
+QUICK = Plan(sizes=(10_000,), queries=200, warmup=20, batch_runs=3, add_runs=3)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The figures of one configuration at one database size."""
+
+    p50_us: float
+    p99_us: float
+    attr_us: float
+    batch_ms: float
+    add_mbps: float
+
+
+@dataclass(frozen=True)
+class Dataset:
+    xb: np.ndarray
+    xq: np.ndarray
+
+    @property
+    def nb(self) -> int:
+        return int(self.xb.shape[0])
+
+
+def make_dataset(nb: int, nq: int) -> Dataset:
+    rng = np.random.default_rng(SEED + nb)
+    xb = rng.random((nb, D), dtype=np.float32)
+    xq = rng.random((nq, D), dtype=np.float32)
+    return Dataset(xb, xq)
+
+
+# --------------------------------------------------------------------------------------
+# measurements (the same code for local and remote indexes)
+# --------------------------------------------------------------------------------------
+IndexFactory = Callable[[], Any]
+
+
+def time_single_queries(index: Any, xq: np.ndarray, queries: int, warmup: int) -> tuple[float, float]:
+    """p50 and p99 latency in µs of ``queries`` searches with nq=1."""
+    rows = [xq[i : i + 1] for i in range(queries + warmup)]
+    for q in rows[:warmup]:
+        index.search(q, K)
+    samples = np.empty(queries, dtype=np.float64)
+    for i, q in enumerate(rows[warmup:]):
+        t0 = time.perf_counter_ns()
+        index.search(q, K)
+        samples[i] = time.perf_counter_ns() - t0
+    p50, p99 = np.percentile(samples, [50, 99]) / 1e3
+    return float(p50), float(p99)
+
+
+def time_attribute(index: Any, reads: int) -> float:
+    """p50 in µs of reading ``index.ntotal``: for the proxy, the bare cost of one round trip."""
+    samples = np.empty(reads, dtype=np.float64)
+    for i in range(reads):
+        t0 = time.perf_counter_ns()
+        _ = index.ntotal
+        samples[i] = time.perf_counter_ns() - t0
+    return float(np.median(samples[reads // 10 :]) / 1e3)
+
+
+def time_batch(index: Any, xq: np.ndarray, runs: int) -> float:
+    """Median wall time in ms of a search with nq=len(xq), after one warm-up run."""
+    index.search(xq, K)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        index.search(xq, K)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def time_add(make_index: IndexFactory, xb: np.ndarray, runs: int) -> float:
+    """Median throughput in MB/s (10^6 bytes) of adding ``xb`` to a fresh index."""
+    times = []
+    for _ in range(runs):
+        index = make_index()
+        t0 = time.perf_counter()
+        index.add(xb)
+        times.append(time.perf_counter() - t0)
+        index.reset()
+        del index
+    return xb.nbytes / 1e6 / statistics.median(times)
+
+
+def measure(make_index: IndexFactory, data: Dataset, plan: Plan) -> Result:
+    add_mbps = time_add(make_index, data.xb, plan.add_runs)
+    index = make_index()
+    index.add(data.xb)
+    p50, p99 = time_single_queries(index, data.xq, plan.queries, plan.warmup)
+    attr_us = time_attribute(index, plan.queries)
+    batch_ms = time_batch(index, data.xq[:BATCH_NQ], plan.batch_runs)
+    index.reset()
+    return Result(p50, p99, attr_us, batch_ms, add_mbps)
+
+
+@contextlib.contextmanager
+def omp_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` OpenMP threads in this process."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def check_same_result(data: Dataset) -> str:
+    """Search the same queries locally and remotely; fail loudly if the labels differ."""
+    xq = data.xq[:BATCH_NQ]
+    local = faiss.IndexFlatL2(D)
+    local.add(data.xb)
+    remote = faiss_proxy.IndexFlatL2(D)
+    remote.add(data.xb)
+    if remote.ntotal != data.nb:
+        raise SystemExit(f"remote ntotal is {remote.ntotal}, expected {data.nb}")
+    d_local, i_local = local.search(xq, K)
+    d_remote, i_remote = remote.search(xq, K)
+    remote.reset()
+    same = np.asarray(i_remote) == i_local
+    if same.all():
+        return "identical"
+    # Different labels are acceptable only as swapped near-ties with equal distances.
+    if np.allclose(d_remote, d_local, rtol=1e-5, atol=1e-5) and same.mean() > 0.999:
+        return f"equal distances, {int((~same).sum())} tied labels swapped"
+    raise SystemExit(f"remote search differs from local search at nb={data.nb}: {same.mean():.1%} labels match")
+
+
+# --------------------------------------------------------------------------------------
+# server
+# --------------------------------------------------------------------------------------
+def _cli(*args: str) -> str:
+    cmd = [sys.executable, "-m", "faiss_proxy_server", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args[:2])} failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/v1/health", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def local_server() -> Iterator[tuple[str, str]]:
+    """Start ``faiss-proxy serve`` in a temporary data dir; yield (url, api key)."""
+    with tempfile.TemporaryDirectory(prefix="faiss-proxy-bench-") as tmp:
+        data_dir = str(Path(tmp) / "data")
+        log_path = Path(tmp) / "server.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "faiss_proxy_server", "serve", "--port", "0", "--data-dir", data_dir],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        try:
+            url = _wait_for_server(proc, log_path)
+            _cli("tenant", "create", TENANT, "--data-dir", data_dir)
+            key = _cli("key", "create", TENANT, "--data-dir", data_dir).strip().splitlines()[-1]
+            yield url, key
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_for_server(proc: subprocess.Popen[str], log_path: Path, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(r"listening on (http://\S+)", log_path.read_text())
+        if match and _healthy(match.group(1)):
+            return match.group(1)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise SystemExit(f"faiss-proxy serve did not come up:\n{log_path.read_text()}")
+
+
+# --------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def print_report(nb: int, base: Result, default: Result, proxy: Result, check: str) -> list[bool]:
+    """Print the table for one database size; return the targets' outcomes."""
+    rows = [
+        ("single query p50 (µs)", base.p50_us, default.p50_us, proxy.p50_us, "{:.1f}"),
+        ("single query p99 (µs)", base.p99_us, default.p99_us, proxy.p99_us, "{:.1f}"),
+        ("read .ntotal p50 (µs)", base.attr_us, default.attr_us, proxy.attr_us, "{:.1f}"),
+        (f"batch nq={BATCH_NQ} (ms)", base.batch_ms, default.batch_ms, proxy.batch_ms, "{:.2f}"),
+        ("add (MB/s)", base.add_mbps, default.add_mbps, proxy.add_mbps, "{:.0f}"),
+    ]
+    print(f"\nIndexFlatL2 d={D} nb={nb:,} k={K}   (remote result vs local: {check})")
+    header = f"{'metric':<24}{'local 1 thr':>13}{'local default':>15}{'proxy':>11}{'proxy/1 thr':>13}"
+    print(header)
+    print("-" * len(header))
+    for name, b, dflt, p, fmt in rows:
+        ratio = "-" if name.startswith("read") else f"{p / b:.2f}x"
+        print(f"{name:<24}{fmt.format(b):>13}{fmt.format(dflt):>15}{fmt.format(p):>11}{ratio:>13}")
+
+    diff = proxy.p50_us - base.p50_us
+    targets = [
+        (f"single query p50 ≤ local + {P50_SLACK_US:.0f} µs", f"{diff:+.1f} µs", diff <= P50_SLACK_US),
+        (
+            f"batch nq={BATCH_NQ} ≤ {BATCH_MAX_RATIO}x local",
+            f"{proxy.batch_ms / base.batch_ms:.2f}x",
+            proxy.batch_ms <= BATCH_MAX_RATIO * base.batch_ms,
+        ),
+        (f"add ≥ {ADD_MIN_MBPS:.0f} MB/s", f"{proxy.add_mbps:.0f} MB/s", proxy.add_mbps >= ADD_MIN_MBPS),
+    ]
+    for label, value, ok in targets:
+        print(f"  {verdict(ok)}  {label:<34}{value:>14}")
+    return [ok for _, _, ok in targets]
+
+
+# --------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------
+def run(plan: Plan, url: str) -> bool:
+    default_threads = faiss.omp_get_max_threads()
+    print(
+        f"faiss {faiss.__version__}, {os.cpu_count()} CPUs, local default OpenMP threads: {default_threads}, "
+        f"server {url}"
+    )
+    print(
+        f"{plan.queries} single queries after {plan.warmup} warm-up; medians of {plan.batch_runs} batch and "
+        f"{plan.add_runs} add runs"
+    )
+    outcomes: list[bool] = []
+    for nb in plan.sizes:
+        data = make_dataset(nb, max(BATCH_NQ, plan.queries + plan.warmup))
+        check = check_same_result(data)
+        with omp_threads(1):
+            base = measure(lambda: faiss.IndexFlatL2(D), data, plan)
+        default = measure(lambda: faiss.IndexFlatL2(D), data, plan)
+        proxy = measure(lambda: faiss_proxy.IndexFlatL2(D), data, plan)
+        outcomes += print_report(nb, base, default, proxy, check)
+    return all(outcomes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="10k only and fewer repetitions (< 1 minute)")
+    parser.add_argument("--url", help="benchmark this running server instead of starting one")
+    parser.add_argument("--key", help="API key for --url")
+    args = parser.parse_args(argv)
+    if bool(args.url) != bool(args.key):
+        parser.error("--url and --key go together")
+    plan = QUICK if args.quick else FULL
+
+    started = time.perf_counter()
+    server: contextlib.AbstractContextManager[tuple[str, str]]
+    server = contextlib.nullcontext((args.url, args.key)) if args.url else local_server()
+    with server as (url, key):
+        faiss_proxy.configure(api_url=url, api_key=key)
+        try:
+            all_pass = run(plan, url)
+        finally:
+            faiss_proxy.configure(api_url="")
+    print(f"\n{'all targets met' if all_pass else 'some targets missed'}; ran {time.perf_counter() - started:.0f} s")
+    return 0 if all_pass else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Shared fixtures: a seeded dataset, an in-process server, the real CLI server.
+
+* ``server`` — the gateway running in a background thread of the test process
+  (port 0, a temporary data dir); tenant workers are real subprocesses.
+* ``tenant`` / ``remote`` — a fresh tenant with a key, and the ``faiss_proxy``
+  module configured for it (reset to local mode afterwards).
+* ``cli_server`` — the real ``faiss-proxy serve`` command as a subprocess on a free
+  port, waited on until ``/v1/health`` answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+import faiss_proxy
+from faiss_proxy_server.config import Settings
+from faiss_proxy_server.runner import Server
+
+_counter = itertools.count()
+
+
+@dataclass
+class Dataset:
+    d: int
+    xt: np.ndarray
+    xb: np.ndarray
+    xq: np.ndarray
+
+
+def make_dataset(d: int = 32, nt: int = 4000, nb: int = 5000, nq: int = 40, seed: int = 1234) -> Dataset:
+    """Clustered data (as in faiss's own tests: uniform data makes graph indexes look bad)."""
+    rs = np.random.RandomState(seed)
+    centers = rs.rand(50, d).astype("float32") * 4
+
+    def draw(n: int) -> np.ndarray:
+        pts = centers[rs.randint(0, 50, n)] + rs.randn(n, d).astype("float32") * 0.3
+        return np.ascontiguousarray(pts, dtype="float32")
+
+    return Dataset(d, draw(nt), draw(nb), draw(nq))
+
+
+@pytest.fixture(scope="session")
+def dataset() -> Dataset:
+    return make_dataset()
+
+
+class LiveServer:
+    """An in-process gateway on a free port, run by a background event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = Server(settings)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def catalog(self) -> Any:
+        return self.server.catalog
+
+    @property
+    def supervisor(self) -> Any:
+        return self.server.supervisor
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the server's loop (for supervisor state)."""
+
+        async def call() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(10)
+
+    def new_tenant(self, prefix: str = "t", **key_options: Any) -> tuple[str, str]:
+        name = f"{prefix}{next(_counter)}-{os.getpid()}"
+        self.catalog.create_tenant(name)
+        _key, token = self.catalog.create_key(name, **key_options)
+        return name, token
+
+    def worker_pid(self, tenant: str) -> int | None:
+        def pid() -> int | None:
+            w = self.supervisor.workers.get(tenant)
+            return w.pid if w is not None and w.alive else None
+
+        result: int | None = self.run(pid)
+        return result
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(20)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def start_server(tmp: Path, **overrides: Any) -> LiveServer:
+    settings = replace(Settings(), host="127.0.0.1", port=0, data_dir=str(tmp), **overrides)
+    return LiveServer(settings)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    live = start_server(tmp_path_factory.mktemp("server"), worker_idle_timeout=60.0)
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def tenant(server: LiveServer) -> tuple[str, str]:
+    return server.new_tenant()
+
+
+@pytest.fixture
+def remote(server: LiveServer, tenant: tuple[str, str]) -> Iterator[ModuleType]:
+    """``faiss_proxy`` configured for a fresh tenant of the in-process server."""
+    faiss_proxy.configure(api_url=server.url, api_key=tenant[1], timeout=120)
+    yield faiss_proxy
+    faiss_proxy.configure(api_url="", api_key="")
+
+
+@pytest.fixture
+def local_faiss() -> ModuleType:
+    import faiss
+
+    return faiss
+
+
+# ----------------------------------------------------------------------------------
+# the real command line
+# ----------------------------------------------------------------------------------
+@dataclass
+class CliServer:
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen[str]
+    log_path: Path
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, "--data-dir", str(self.data_dir), check=check)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "faiss_proxy_server", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
+        env=env,
+    )
+
+
+def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def launch_cli_server(data_dir: Path, *extra: str) -> CliServer:
+    log_path = data_dir.parent / f"{data_dir.name}-server.log"
+    log_file = open(log_path, "w")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "faiss_proxy_server", "serve", "--port", "0", "--data-dir", str(data_dir), *extra],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    url = None
+    while time.monotonic() < deadline:
+        m = re.search(r"listening on (http://\S+)", log_path.read_text())
+        if m:
+            url = m.group(1)
+            try:
+                status, _ = get_json(url + "/v1/health")
+                if status == 200:
+                    return CliServer(url, data_dir, proc, log_path)
+            except OSError:
+                pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"faiss-proxy serve did not come up (url={url}):\n{log_path.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
+    live = launch_cli_server(tmp_path_factory.mktemp("cli") / "data")
+    yield live
+    live.proc.terminate()
+    try:
+        live.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        live.proc.kill()

@@ -1,0 +1,74 @@
+"""Several threads of one process share remote indexes; calls run in parallel on the server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+
+import numpy as np
+
+from .conftest import Dataset
+
+
+def test_threads_share_one_remote_index(remote: ModuleType, local_faiss: ModuleType, dataset: Dataset) -> None:
+    r = remote.IndexFlatL2(dataset.d)
+    r.add(dataset.xb)
+    lo = local_faiss.IndexFlatL2(dataset.d)
+    lo.add(dataset.xb)
+    _, expected = lo.search(dataset.xq, 5)
+
+    def worker(seed: int) -> int:
+        rs = np.random.RandomState(seed)
+        for _ in range(40):
+            q = rs.randint(0, len(dataset.xq), 3)
+            _D, I = r.search(dataset.xq[q], 5)
+            np.testing.assert_array_equal(I, expected[q])
+            assert r.ntotal == len(dataset.xb)
+        return seed
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sorted(pool.map(worker, range(8))) == list(range(8))
+    assert len({id(remote.client().connection())}) == 1
+
+
+def test_threads_building_their_own_indexes(remote: ModuleType, dataset: Dataset) -> None:
+    def build(i: int) -> int:
+        index = remote.IndexFlatIP(dataset.d)
+        index.add(dataset.xb[i * 100 : (i + 1) * 100])
+        x = dataset.xq.copy()
+        remote.normalize_L2(x)
+        np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
+        return int(index.ntotal)
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(build, range(12))) == [100] * 12
+
+
+def test_calls_from_different_threads_run_in_parallel_on_the_server(remote: ModuleType) -> None:
+    """A short call from one thread completes while a long call of another thread,
+    on the same connection, is still running on the server."""
+    rs = np.random.RandomState(0)
+    x = rs.rand(20000, 32).astype("float32")
+    long_done = threading.Event()
+    kmeans = remote.Kmeans(32, 256, niter=25, seed=1)
+
+    def long_call() -> None:
+        kmeans.train(x)
+        long_done.set()
+
+    probe = remote.IndexFlatL2(8)
+    t = threading.Thread(target=long_call)
+    start = time.monotonic()
+    t.start()
+    time.sleep(0.05)
+    quick_finished_during_long = 0
+    while not long_done.is_set() and time.monotonic() - start < 60:
+        assert probe.ntotal == 0
+        if not long_done.is_set():
+            quick_finished_during_long += 1
+    t.join(60)
+    assert long_done.is_set()
+    assert quick_finished_during_long > 0, "the quick calls waited for the long one"
+    assert kmeans.centroids.shape == (256, 32)

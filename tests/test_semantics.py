@@ -1,0 +1,153 @@
+"""In-place semantics, errors and connection failures behave as with local FAISS."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+import faiss_proxy
+
+from .conftest import Dataset, LiveServer
+
+
+def test_normalize_l2_changes_the_callers_array(remote: ModuleType, local_faiss: ModuleType) -> None:
+    x = np.random.RandomState(1).rand(50, 16).astype("float32")
+    expected = x.copy()
+    local_faiss.normalize_L2(expected)
+    same = x
+    assert remote.normalize_L2(x) is None
+    assert same is x
+    np.testing.assert_allclose(x, expected, rtol=1e-6)
+
+
+def test_non_contiguous_array_is_updated_in_place(remote: ModuleType, local_faiss: ModuleType) -> None:
+    base = np.random.RandomState(2).rand(40, 16).astype("float32")
+    view = base[::2]
+    assert not view.flags.c_contiguous
+    expected = np.ascontiguousarray(view)
+    local_faiss.normalize_L2(expected)
+    # Local faiss refuses a non-contiguous view; the proxy sends it contiguous and
+    # copies the result back into the caller's view (documented, more lenient).
+    with pytest.raises(ValueError):
+        local_faiss.normalize_L2(view)
+    remote.normalize_L2(view)
+    np.testing.assert_allclose(base[::2], expected, rtol=1e-6)
+
+
+def test_search_fills_preallocated_outputs(remote: ModuleType, local_faiss: ModuleType, dataset: Dataset) -> None:
+    index = remote.IndexFlatL2(dataset.d)
+    index.add(dataset.xb)
+    D = np.empty((len(dataset.xq), 5), dtype="float32")
+    I = np.empty((len(dataset.xq), 5), dtype="int64")
+    D2, I2 = index.search(dataset.xq, 5, D=D, I=I)
+    assert D2 is D and I2 is I
+    lo = local_faiss.IndexFlatL2(dataset.d)
+    lo.add(dataset.xb)
+    Dl, Il = lo.search(dataset.xq, 5)
+    np.testing.assert_array_equal(I, Il)
+    np.testing.assert_allclose(D, Dl, rtol=1e-5)
+
+
+def test_reconstruct_into_preallocated_array(remote: ModuleType, dataset: Dataset) -> None:
+    index = remote.IndexFlatL2(dataset.d)
+    index.add(dataset.xb)
+    out = np.zeros(dataset.d, dtype="float32")
+    index.reconstruct(7, out)
+    np.testing.assert_array_equal(out, dataset.xb[7])
+    batch = np.zeros((5, dataset.d), dtype="float32")
+    index.reconstruct_n(10, 5, batch)
+    np.testing.assert_array_equal(batch, dataset.xb[10:15])
+
+
+def test_inputs_are_not_modified(remote: ModuleType, dataset: Dataset) -> None:
+    x = dataset.xb[:100].copy()
+    index = remote.IndexFlatL2(dataset.d)
+    index.add(x)
+    index.search(x, 3)
+    np.testing.assert_array_equal(x, dataset.xb[:100])
+
+
+def test_faiss_errors_keep_their_type_and_message(remote: ModuleType, local_faiss: ModuleType) -> None:
+    def both(fn):  # type: ignore[no-untyped-def]
+        errors = []
+        for faiss in (local_faiss, remote):
+            with pytest.raises(Exception) as info:
+                fn(faiss)
+            errors.append(info.value)
+        return errors
+
+    # C++ exception -> RuntimeError with FAISS's message
+    lo, re_ = both(lambda f: f.index_factory(8, "IVF4,Flat").search(np.zeros((1, 8), "float32"), 1))
+    assert type(lo) is type(re_) is RuntimeError
+    assert str(lo) == str(re_) and "not trained" in str(re_)
+    # Python-level assertion in faiss's wrapper
+    lo, re_ = both(lambda f: f.IndexFlatL2(8).add(np.zeros((3, 7), "float32")))
+    assert type(lo) is type(re_) is AssertionError
+    # SWIG argument errors
+    lo, re_ = both(lambda f: f.IndexFlatL2("eight"))
+    assert type(lo) is type(re_) is TypeError
+    lo, re_ = both(lambda f: f.index_factory(8, "NoSuchIndex"))
+    assert type(lo) is type(re_) is RuntimeError and str(lo) == str(re_)
+    # unknown names
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
+        remote.NoSuchThing  # noqa: B018
+    with pytest.raises(AttributeError):
+        remote.IndexFlatL2(8).no_such_attribute  # noqa: B018
+    # the session survives all of the above
+    assert remote.IndexFlatL2(8).ntotal == 0
+
+
+def test_timeout_gives_timeout_error(server: LiveServer, tenant: tuple[str, str]) -> None:
+    from faiss_proxy._client import Client
+
+    c = Client(server.url, tenant[1], timeout=0.2)
+    x = np.random.RandomState(0).rand(20000, 32).astype("float32")
+    km = c.lookup("Kmeans")(32, 512, niter=50)
+    with pytest.raises(TimeoutError, match="did not answer"):
+        km.train(x)
+    c.close()
+
+
+def test_dead_server_gives_connection_error() -> None:
+    faiss_proxy.configure(api_url="http://127.0.0.1:9", api_key="k")
+    try:
+        with pytest.raises(ConnectionError, match="cannot reach"):
+            faiss_proxy.IndexFlatL2(8)
+    finally:
+        faiss_proxy.configure(api_url="", api_key="")
+
+
+def test_unsupported_argument_types_are_refused_client_side(remote: ModuleType) -> None:
+    index = remote.IndexFlatL2(4)
+    with pytest.raises(TypeError, match="cannot send"):
+        index.add(object())
+    with pytest.raises(TypeError, match="dtype"):
+        index.add(np.array([["a", "b", "c", "d"]], dtype=object))
+
+
+def test_remote_objects_refuse_pickling(remote: ModuleType) -> None:
+    import pickle
+
+    with pytest.raises(TypeError, match="serialize_index"):
+        pickle.dumps(remote.IndexFlatL2(4))
+
+
+def test_client_files_round_trip(remote: ModuleType, local_faiss: ModuleType, dataset: Dataset, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    index = remote.IndexFlatL2(dataset.d)
+    index.add(dataset.xb)
+    path = tmp_path / "x.index"
+    faiss_proxy.write_index(index, path)
+    assert path.exists()
+    lo = local_faiss.read_index(str(path))
+    back = faiss_proxy.read_index(path)
+    np.testing.assert_array_equal(back.search(dataset.xq, 3)[1], lo.search(dataset.xq, 3)[1])
+    with open(tmp_path / "y.index", "wb") as f:
+        faiss_proxy.write_index(index, f)
+    with open(tmp_path / "y.index", "rb") as f:
+        assert faiss_proxy.read_index(f).ntotal == len(dataset.xb)
+    binary = remote.IndexBinaryFlat(64)
+    binary.add(np.zeros((3, 8), "uint8"))
+    faiss_proxy.write_index_binary(binary, tmp_path / "b.index")
+    assert faiss_proxy.read_index_binary(tmp_path / "b.index").ntotal == 3
