@@ -182,7 +182,7 @@ def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]
 
 def launch_cli_server(data_dir: Path, *extra: str) -> CliServer:
     log_path = data_dir.parent / f"{data_dir.name}-server.log"
-    log_file = open(log_path, "w")  # noqa: SIM115 - handed to the child
+    log_file = open(log_path, "w")  # handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "faiss_proxy_server", "serve", "--port", "0", "--data-dir", str(data_dir), *extra],
         stdout=log_file,
