@@ -185,59 +185,75 @@ class Connection:
             raise
 
     # --- encoding ------------------------------------------------------------------
-    def encode(self, value: Any) -> Any:
+    def encode(self, value: Any, out: w.Packer) -> Any:
         if type(value) in _PLAIN:
+            if type(value) is bytes:
+                return out.raw(value)
+            if type(value) is complex:
+                raise TypeError("complex numbers cannot be sent to faiss-proxy")
             return value
         if isinstance(value, np.ndarray):
-            return w.encode_array(value)
+            return out.array(value)
         if isinstance(value, np.generic):
-            return w.encode_scalar(value)
+            return out.scalar(value)
         if isinstance(value, RemoteObject):
-            conn = object.__getattribute__(value, "_fp_conn")
-            if conn is not self:
-                raise ConnectionError("this remote object belongs to an earlier faiss-proxy session that has ended")
-            return (w.OBJ, object.__getattribute__(value, "_fp_ref"))
+            return out.ref(self._ref(value))
         if type(value) is tuple:
-            return (w.TUP, *(self.encode(v) for v in value))
+            return [w.TUP, *(self.encode(v, out) for v in value)]
         if type(value) is list:
-            return (w.LST, *(self.encode(v) for v in value))
+            return [w.LST, *(self.encode(v, out) for v in value)]
         if type(value) is dict:
-            return (w.DCT, *((self.encode(k), self.encode(v)) for k, v in value.items()))
+            return [w.DCT, *([self.encode(k, out), self.encode(v, out)] for k, v in value.items())]
         raise TypeError(
             f"cannot send a {type(value).__module__}.{type(value).__name__} to faiss-proxy: "
             "pass NumPy arrays, numbers, strings or remote faiss objects"
         )
 
-    def decode(self, value: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
-        if type(value) is not tuple:
-            return value
-        tag = value[0]
+    def _ref(self, obj: RemoteObject) -> Any:
+        if object.__getattribute__(obj, "_fp_conn") is not self:
+            raise ConnectionError("this remote object belongs to an earlier faiss-proxy session that has ended")
+        return object.__getattribute__(obj, "_fp_ref")
+
+    def decode(
+        self,
+        node: Any,
+        buffers: tuple[Any, ...],
+        refs: tuple[Any, ...],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if type(node) is not list:
+            return node
+        tag = node[0]
         if tag == w.ND:
-            return w.decode_array(value[1], value[2], value[3])
+            return w.array_from_buffer(node, buffers, writable_copy=True)
         if tag == w.OBJ:
-            return self.client.make_proxy(self, value[1], value[2])
+            return self.client.make_proxy(self, refs[node[1]], node[2])
         if tag == w.TUP:
-            return tuple(self.decode(v, args, kwargs) for v in value[1:])
+            return tuple(self.decode(v, buffers, refs, args, kwargs) for v in node[1:])
         if tag == w.LST:
-            return [self.decode(v, args, kwargs) for v in value[1:]]
+            return [self.decode(v, buffers, refs, args, kwargs) for v in node[1:]]
         if tag == w.DCT:
-            return {self.decode(k): self.decode(v, args, kwargs) for k, v in value[1:]}
+            return {self.decode(k, buffers, refs): self.decode(v, buffers, refs, args, kwargs) for k, v in node[1:]}
         if tag == w.SCA:
-            return w.decode_scalar(value[1], value[2])
+            return np.dtype(node[1]).type(node[2])
+        if tag == w.BYT:
+            return bytes(buffers[node[1]])
         if tag == w.ARG:
-            where = value[1]
+            where = node[1]
             return args[where] if isinstance(where, int) else (kwargs or {})[where]
         raise ConnectionError("malformed reply from faiss-proxy")
 
     def _round_trip(self, op: str, head: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        enc_args = tuple(self.encode(a) for a in args)
-        enc_kwargs = tuple((k, self.encode(v)) for k, v in kwargs.items())
-        result, writebacks = self.invoke(op, *head, enc_args, enc_kwargs)
-        for where, encoded in writebacks:
+        out = w.Packer()
+        tree = [[self.encode(a, out) for a in args], [[k, self.encode(v, out)] for k, v in kwargs.items()]]
+        header, buffers, refs = self.invoke(op, *head, *out.message(tree))
+        result, writebacks = w.unpack_json(header)
+        for where, node in writebacks:
             target = args[where] if isinstance(where, int) else kwargs.get(where)
             if isinstance(target, np.ndarray):
-                np.copyto(target, self.decode(encoded), casting="unsafe")
-        return self.decode(result, args, kwargs)
+                np.copyto(target, w.array_from_buffer(node, buffers, writable_copy=False), casting="unsafe")
+        return self.decode(result, buffers, refs, args, kwargs)
 
     # --- operations ------------------------------------------------------------------
     def new(self, cls: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -247,17 +263,19 @@ class Connection:
         return self._round_trip("function", (name,), args, kwargs)
 
     def call(self, obj: RemoteObject, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        ref = object.__getattribute__(obj, "_fp_ref")
-        return self._round_trip("call", (ref, name), args, kwargs)
+        return self._round_trip("call", (self._ref(obj), name), args, kwargs)
 
     def getattr(self, obj: RemoteObject, name: str) -> Any:
-        value = self.invoke("getattr", object.__getattribute__(obj, "_fp_ref"), name)
-        if type(value) is tuple and value and value[0] == w.MTH:
+        header, buffers, refs = self.invoke("getattr", self._ref(obj), name)
+        node, _ = w.unpack_json(header)
+        if type(node) is list and node and node[0] == w.MTH:
             return _BoundRemoteMethod(obj, name)
-        return self.decode(value)
+        return self.decode(node, buffers, refs)
 
     def setattr(self, obj: RemoteObject, name: str, value: Any) -> None:
-        self.invoke("setattr", object.__getattribute__(obj, "_fp_ref"), name, self.encode(value))
+        out = w.Packer()
+        node = self.encode(value, out)
+        self.invoke("setattr", self._ref(obj), name, *out.message(node))
 
 
 # --------------------------------------------------------------------------------------

@@ -3,29 +3,41 @@
 RPyC's own serializer (brine) carries only immutable scalars, strings, bytes and
 tuples; anything else would become a *netref*, a remote reference whose every
 element access is a network round trip (and whose ``__array__`` is a known code
-execution path).  So both ends agree on a small tagged encoding on top of brine:
+execution path).  And brine, with RPyC's boxing around it, is pure Python: a call
+with a couple of arrays costs a hundred nested dump/load steps per direction.
 
-* a NumPy array is ``(ND, dtype, shape, Blob(array))``.  The :class:`Blob` is not
-  serialized by brine at all: the transport sends its buffer raw, after the brine
-  message, and the receiver reads it straight into a fresh aligned buffer
-  (see :mod:`faiss_proxy._transport`).  No pickle, no copy into a bytes object;
-* lists, dicts and user tuples are tagged (``LST``, ``DCT``, ``TUP``) so that a bare
-  tuple on the wire is always a protocol structure;
-* a server-side object travels as ``(OBJ, ref, class name)`` where ``ref`` is the RPyC
-  netref of an opaque server handle;
-* NumPy scalars are ``(SCA, dtype, raw bytes)``.
+So a call's values travel as three flat parts, in one RPyC request:
+
+* a JSON **header** (parsed by the C JSON codec) describing the values, with
+  tagged list nodes for everything that is not a plain number or string:
+  ``[ND, dtype, shape, i]`` an array whose bytes are ``buffers[i]``,
+  ``[OBJ, j]`` / ``[OBJ, j, class]`` the server object ``refs[j]``,
+  ``[TUP, ...]``, ``[LST, ...]``, ``[DCT, [k, v], ...]``, ``[SCA, dtype, value]``,
+  ``[BYT, i]`` for ``bytes``;
+* a tuple of **buffers**: small arrays inline as ``bytes``, large ones as a
+  :class:`Blob` that the transport sends raw after the message and the receiver
+  reads straight into the buffer that becomes the array
+  (see :mod:`faiss_proxy._transport`) -- never pickled, never copied into brine;
+* a tuple of **refs**: RPyC netrefs of opaque server handles.
 
 Only plain numeric dtypes are accepted; an object array can never be decoded.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "Packer",
+    "pack_json",
+    "unpack_json",
+    "array_from_buffer",
+    "INLINE_BYTES",
+    "BYT",
     "ND",
     "TUP",
     "LST",
@@ -37,10 +49,7 @@ __all__ = [
     "Blob",
     "ALLOWED_DTYPES",
     "MAX_NDIM",
-    "encode_array",
     "decode_array",
-    "encode_scalar",
-    "decode_scalar",
     "wire_view",
 ]
 
@@ -52,6 +61,11 @@ OBJ = "\x00o"  # a server object: (OBJ, ref) client->server, (OBJ, ref, class) b
 SCA = "\x00s"  # a NumPy scalar: (SCA, dtype str, bytes)
 MTH = "\x00m"  # an attribute that is a bound method: (MTH, name)
 ARG = "\x00a"  # a result that *is* one of the caller's arguments: (ARG, position | name)
+BYT = "\x00b"  # a bytes value: (BYT, buffer index)
+
+#: Arrays up to this size travel inline in the RPyC message; larger ones as raw
+#: attachments (one ``recv_into`` straight into the final buffer).
+INLINE_BYTES = 1 << 16
 
 #: Little-endian numeric dtypes FAISS takes or returns; nothing else is decoded.
 ALLOWED_DTYPES = frozenset(
@@ -104,15 +118,6 @@ def _check_dtype(dtype: np.dtype) -> str:
 _LITTLE = np.little_endian
 
 
-def encode_array(array: np.ndarray) -> tuple[Any, ...]:
-    """Encode ``array`` by value.  Non-contiguous arrays are made contiguous first."""
-    code = _check_dtype(array.dtype)
-    if array.ndim > MAX_NDIM:
-        raise ValueError(f"arrays of more than {MAX_NDIM} dimensions are not supported")
-    contiguous = np.ascontiguousarray(array)
-    return (ND, code, tuple(int(n) for n in contiguous.shape), Blob(contiguous))
-
-
 def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
     """Rebuild an array from the wire, validating everything a peer controls.
 
@@ -135,16 +140,61 @@ def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
     return buf.view(dt).reshape(shape)
 
 
-def encode_scalar(value: np.generic) -> tuple[Any, ...]:
-    code = _check_dtype(value.dtype)
-    return (SCA, code, np.asarray(value).tobytes())
+class Packer:
+    """Collects the buffers and refs of one message while its header is built."""
+
+    __slots__ = ("buffers", "refs")
+
+    def __init__(self) -> None:
+        self.buffers: list[Any] = []
+        self.refs: list[Any] = []
+
+    def array(self, array: np.ndarray) -> list[Any]:
+        code = _check_dtype(array.dtype)
+        if array.ndim > MAX_NDIM:
+            raise ValueError(f"arrays of more than {MAX_NDIM} dimensions are not supported")
+        contiguous = np.ascontiguousarray(array)
+        if contiguous.nbytes <= INLINE_BYTES:
+            self.buffers.append(contiguous.tobytes())
+        else:
+            self.buffers.append(Blob(contiguous))
+        return [ND, code, list(contiguous.shape), len(self.buffers) - 1]
+
+    def scalar(self, value: np.generic) -> list[Any]:
+        return [SCA, _check_dtype(value.dtype), value.item()]
+
+    def raw(self, value: bytes) -> list[Any]:
+        self.buffers.append(value)
+        return [BYT, len(self.buffers) - 1]
+
+    def ref(self, ref: Any, *extra: Any) -> list[Any]:
+        self.refs.append(ref)
+        return [OBJ, len(self.refs) - 1, *extra]
+
+    def message(self, tree: Any) -> tuple[str, tuple[Any, ...], tuple[Any, ...]]:
+        return pack_json(tree), tuple(self.buffers), tuple(self.refs)
 
 
-def decode_scalar(dtype: Any, raw: Any) -> np.generic:
-    if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
-        raise TypeError(f"refused scalar dtype {dtype!r}")
-    dt = np.dtype(dtype)
-    if not isinstance(raw, bytes) or len(raw) != dt.itemsize:
-        raise ValueError("refused scalar payload")
-    value: np.generic = np.frombuffer(raw, dtype=dt)[0]
-    return value
+def pack_json(tree: Any) -> str:
+    return json.dumps(tree, separators=(",", ":"))
+
+
+def unpack_json(text: Any) -> Any:
+    if not isinstance(text, str):
+        raise TypeError("malformed message header")
+    return json.loads(text)
+
+
+def array_from_buffer(node: list[Any], buffers: tuple[Any, ...], writable_copy: bool) -> np.ndarray:
+    """Decode an ``[ND, dtype, shape, i]`` node against the message's buffers."""
+    if len(node) != 4 or type(node[3]) is not int or not 0 <= node[3] < len(buffers):
+        raise ValueError("malformed array reference")
+    shape = node[2]
+    if not isinstance(shape, list):
+        raise ValueError("refused array shape: not a list")
+    buf = buffers[node[3]]
+    if isinstance(buf, bytes):
+        # inline: copy, so the array is writable like any FAISS result
+        raw = np.frombuffer(buf, dtype=np.uint8)
+        buf = raw.copy() if writable_copy else raw
+    return decode_array(node[1], tuple(shape), buf)

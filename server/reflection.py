@@ -269,84 +269,102 @@ class Reflection:
         return ExposureError(f"module 'faiss' has no attribute '{name}'")
 
     # --- values crossing the boundary -------------------------------------------------
-    def decode(self, value: Any, arrays: list[np.ndarray] | None = None) -> Any:
-        """Turn a wire value from a client into a Python value for faiss."""
-        if type(value) in _PLAIN:
-            return value
-        if isinstance(value, Handle):
-            return value.obj
-        if type(value) is not tuple or not value or type(value[0]) is not str:
-            raise TypeError(f"malformed argument of type {type(value).__name__}")
-        tag = value[0]
-        if tag == w.ND and len(value) == 4:
-            array = w.decode_array(value[1], value[2], value[3])
-            if arrays is not None:
-                arrays.append(array)
+    def decode(self, node: Any, buffers: tuple[Any, ...], refs: tuple[Any, ...], arrays: list[np.ndarray]) -> Any:
+        """Turn a header node from a client (see :mod:`faiss_proxy._wire`) into a value."""
+        if type(node) is not list:
+            if type(node) in _PLAIN:
+                return node
+            raise TypeError(f"malformed argument of type {type(node).__name__}")
+        if not node or type(node[0]) is not str:
+            raise TypeError("malformed argument")
+        tag = node[0]
+        if tag == w.ND:
+            array = w.array_from_buffer(node, buffers, writable_copy=True)
+            arrays.append(array)
             return array
         if tag == w.TUP:
-            return tuple(self.decode(v, arrays) for v in value[1:])
+            return tuple(self.decode(v, buffers, refs, arrays) for v in node[1:])
         if tag == w.LST:
-            return [self.decode(v, arrays) for v in value[1:]]
+            return [self.decode(v, buffers, refs, arrays) for v in node[1:]]
         if tag == w.DCT:
             out = {}
-            for pair in value[1:]:
-                if type(pair) is not tuple or len(pair) != 2:
+            for pair in node[1:]:
+                if type(pair) is not list or len(pair) != 2:
                     raise TypeError("malformed dict argument")
-                out[self.decode(pair[0])] = self.decode(pair[1], arrays)
+                key = self.decode(pair[0], buffers, refs, arrays)
+                if isinstance(key, (list, dict, np.ndarray)):
+                    raise TypeError("unhashable dict key")
+                out[key] = self.decode(pair[1], buffers, refs, arrays)
             return out
-        if tag == w.SCA and len(value) == 3:
-            return w.decode_scalar(value[1], value[2])
-        if tag == w.OBJ and len(value) == 2 and isinstance(value[1], Handle):
-            return value[1].obj
+        if tag == w.SCA and len(node) == 3:
+            if not isinstance(node[1], str) or node[1] not in w.ALLOWED_DTYPES:
+                raise TypeError(f"refused scalar dtype {node[1]!r}")
+            if type(node[2]) not in (bool, int, float):
+                raise TypeError("malformed scalar")
+            return np.dtype(node[1]).type(node[2])
+        if tag == w.OBJ and len(node) == 2 and type(node[1]) is int and 0 <= node[1] < len(refs):
+            handle = refs[node[1]]
+            if not isinstance(handle, Handle):
+                raise TypeError("not a remote faiss object")
+            return handle.obj
+        if tag == w.BYT and len(node) == 2 and type(node[1]) is int and 0 <= node[1] < len(buffers):
+            raw = buffers[node[1]]
+            if not isinstance(raw, bytes):
+                raise TypeError("malformed bytes argument")
+            return raw
         raise TypeError("malformed argument")
 
-    def encode(self, value: Any, keep: tuple[Any, ...], seen: Iterable[tuple[int, Any]] = ()) -> Any:
-        """Turn a faiss result into a wire value for the client.
+    def encode(self, value: Any, out: w.Packer, keep: tuple[Any, ...], seen: Iterable[tuple[int, Any]] = ()) -> Any:
+        """Turn a faiss result into a header node for the client.
 
         ``keep`` is what a returned object must keep alive; ``seen`` pairs
         ``(id(argument), position)`` so that a result which *is* a caller's array
         (``search(..., D=D, I=I)``) comes back as a reference to it."""
         if type(value) in _PLAIN:
+            if type(value) is bytes:
+                return out.raw(value)
+            if type(value) is complex:
+                raise TypeError("complex results are not returned")
             return value
         if isinstance(value, np.ndarray):
             for ident, position in seen:
                 if ident == id(value):
-                    return (w.ARG, position)
+                    return [w.ARG, position]
             if value.dtype == object:
                 raise TypeError("object arrays are not returned")
-            return w.encode_array(value)
+            return out.array(value)
         if isinstance(value, np.generic):
-            return w.encode_scalar(value)
+            return out.scalar(value)
         if type(value) is tuple:
-            return (w.TUP, *(self.encode(v, keep, seen) for v in value))
+            return [w.TUP, *(self.encode(v, out, keep, seen) for v in value)]
         if type(value) is list:
-            return (w.LST, *(self.encode(v, keep, seen) for v in value))
+            return [w.LST, *(self.encode(v, out, keep, seen) for v in value)]
         if type(value) is dict:
-            return (w.DCT, *((self.encode(k, keep), self.encode(v, keep, seen)) for k, v in value.items()))
+            return [w.DCT, *([self.encode(k, out, keep), self.encode(v, out, keep, seen)] for k, v in value.items())]
         if _is_swig_pointer(value):
             raise TypeError("raw pointers are not returned by faiss-proxy (raw memory access is refused)")
         cls = type(value)
         name = cls.__name__
         if _is_faiss_code(cls):
-            vector = self._vector_value(value, keep)
+            vector = self._vector_value(value, out, keep)
             if vector is not None:
                 return vector
             if self.class_allowed(cls):
-                return (w.OBJ, Handle(value, keep), name)
+                return out.ref(Handle(value, keep), name)
         raise TypeError(f"values of type {cls.__module__}.{name} are not returned by faiss-proxy")
 
-    def _vector_value(self, value: Any, keep: tuple[Any, ...]) -> Any:
+    def _vector_value(self, value: Any, out: w.Packer, keep: tuple[Any, ...]) -> Any:
         """std::vector-like containers come back by value."""
         name = type(value).__name__
         if name.startswith("MaybeOwnedVector") and not name.endswith("Vector"):
-            return w.encode_array(self.faiss.vector_to_array(value))
+            return out.array(self.faiss.vector_to_array(value))
         if name.startswith("AlignedTable"):
-            return w.encode_array(self.faiss.AlignedTable_to_array(value))
+            return out.array(self.faiss.AlignedTable_to_array(value))
         if not name.endswith("Vector"):
             return None
         if name[:-6] in self._vector_dtypes:
-            return w.encode_array(self.faiss.vector_to_array(value))
+            return out.array(self.faiss.vector_to_array(value))
         if hasattr(value, "size") and hasattr(value, "at"):
             items = [value.at(i) for i in range(value.size())]
-            return (w.TUP, *(self.encode(v, (value, *keep)) for v in items))
+            return [w.TUP, *(self.encode(v, out, (value, *keep)) for v in items)]
         return None

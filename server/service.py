@@ -131,6 +131,9 @@ def _operation(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: What every operation returns: a JSON header, its buffers, its object refs.
+Reply = tuple[str, tuple[Any, ...], tuple[Any, ...]]
+
 _EXPOSED = frozenset({"hello", "namespace", "describe", "new", "function", "call", "getattr", "setattr"})
 
 
@@ -174,49 +177,52 @@ class FaissService:
         return self.reflection.describe(self.reflection.class_by_name(name))
 
     @_operation
-    def exposed_new(self, name: Any, args: Any, kwargs: Any) -> Any:
+    def exposed_new(self, name: Any, header: Any, buffers: Any, refs: Any) -> Reply:
         cls = self.reflection.class_by_name(name)
-        return self._invoke(cls, name, args, kwargs, keep=())
+        return self._invoke(cls, name, header, buffers, refs, keep=())
 
     @_operation
-    def exposed_function(self, name: Any, args: Any, kwargs: Any) -> Any:
+    def exposed_function(self, name: Any, header: Any, buffers: Any, refs: Any) -> Reply:
         fn = self.reflection.function(name)
         if name == "omp_set_num_threads":
-            return self._omp_set_num_threads(args)
+            return self._omp_set_num_threads(header)
         if name == "omp_get_max_threads":
-            return (self.policy.max_threads, ())
-        return self._invoke(fn, name, args, kwargs, keep=())
+            return (w.pack_json([self.policy.max_threads, []]), (), ())
+        return self._invoke(fn, name, header, buffers, refs, keep=())
 
     @_operation
-    def exposed_call(self, handle: Any, name: Any, args: Any, kwargs: Any) -> Any:
+    def exposed_call(self, handle: Any, name: Any, header: Any, buffers: Any, refs: Any) -> Reply:
         target = self._unwrap(handle)
         method = getattr(target, check_attribute(name))
         if not callable(method):
             raise TypeError(f"'{type(method).__name__}' object is not callable")
-        return self._invoke(method, name, args, kwargs, keep=(target,))
+        return self._invoke(method, name, header, buffers, refs, keep=(target,))
 
     @_operation
-    def exposed_getattr(self, handle: Any, name: Any) -> Any:
+    def exposed_getattr(self, handle: Any, name: Any) -> Reply:
         target = self._unwrap(handle)
         value = getattr(target, check_attribute(name))
         if callable(value) and not isinstance(value, np.ndarray) and not _is_faiss_object(value):
-            return (w.MTH, name)
-        return self.reflection.encode(value, keep=(target,))
+            return (w.pack_json([[w.MTH, name], []]), (), ())
+        out = w.Packer()
+        node = self.reflection.encode(value, out, keep=(target,))
+        return out.message([node, []])
 
     @_operation
-    def exposed_setattr(self, handle: Any, name: Any, value: Any) -> None:
+    def exposed_setattr(self, handle: Any, name: Any, header: Any, buffers: Any, refs: Any) -> None:
         target = self._unwrap(handle)
         check_attribute(name)
         cls_attr = getattr(type(target), name, None)
         if not isinstance(cls_attr, property) and name not in getattr(target, "__dict__", {}):
             raise AttributeError(f"'{type(target).__name__}' object has no attribute '{name}'")
-        decoded = self.reflection.decode(value)
+        _check_message(buffers, refs)
+        decoded = self.reflection.decode(w.unpack_json(header), buffers, refs, [])
         setattr(target, name, decoded)
         if _is_faiss_object(decoded):
             # faiss's own convention for keeping referenced C++ objects alive.
-            refs = getattr(target, "referenced_objects", None)
-            if isinstance(refs, list):
-                refs.append(decoded)
+            refs_list = getattr(target, "referenced_objects", None)
+            if isinstance(refs_list, list):
+                refs_list.append(decoded)
             else:
                 target.referenced_objects = [decoded]
 
@@ -226,27 +232,32 @@ class FaissService:
             raise TypeError("not a remote faiss object")
         return handle.obj
 
-    def _omp_set_num_threads(self, args: Any) -> tuple[None, tuple[()]]:
+    def _omp_set_num_threads(self, header: Any) -> Reply:
         """Sets the worker's batch thread count (this tenant's process only)."""
-        if type(args) is not tuple or len(args) != 1 or type(args[0]) is not int:
+        args = w.unpack_json(header)
+        if type(args) is not list or len(args) != 2 or len(args[0]) != 1 or type(args[0][0]) is not int:
             raise TypeError("omp_set_num_threads(num_threads: int)")
-        self.policy.max_threads = max(1, args[0])
-        return (None, ())
+        self.policy.max_threads = max(1, args[0][0])
+        return (w.pack_json([None, []]), (), ())
 
-    def _invoke(self, fn: Callable[..., Any], name: str, args: Any, kwargs: Any, keep: tuple[Any, ...]) -> Any:
-        if type(args) is not tuple or type(kwargs) is not tuple:
+    def _invoke(
+        self, fn: Callable[..., Any], name: str, header: Any, buffers: Any, refs: Any, keep: tuple[Any, ...]
+    ) -> Reply:
+        _check_message(buffers, refs)
+        call = w.unpack_json(header)
+        if type(call) is not list or len(call) != 2 or type(call[0]) is not list or type(call[1]) is not list:
             raise TypeError("malformed call")
         r = self.reflection
         arrays: list[np.ndarray] = []
-        pos = [r.decode(a, arrays) for a in args]
+        pos = [r.decode(a, buffers, refs, arrays) for a in call[0]]
         kw: dict[str, Any] = {}
-        for pair in kwargs:
-            if type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not str:
+        for pair in call[1]:
+            if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str:
                 raise TypeError("malformed keyword arguments")
-            kw[pair[0]] = r.decode(pair[1], arrays)
+            kw[pair[0]] = r.decode(pair[1], buffers, refs, arrays)
 
         # Arrays the call might write into: snapshot them to detect writes.
-        watch: list[tuple[Any, np.ndarray, np.ndarray]] = []
+        watch: list[tuple[int | str, np.ndarray, np.ndarray]] = []
         for i, v in enumerate(pos):
             if isinstance(v, np.ndarray) and name not in READ_ONLY_INPUT_METHODS:
                 watch.append((i, v, v.copy()))
@@ -260,9 +271,15 @@ class FaissService:
         seen: list[tuple[int, int | str]] = [(id(v), i) for i, v in enumerate(pos) if isinstance(v, np.ndarray)]
         seen += [(id(v), k) for k, v in kw.items() if isinstance(v, np.ndarray)]
         object_args = tuple(v for v in (*pos, *kw.values()) if _is_faiss_object(v))
-        encoded = r.encode(result, keep=(*keep, *object_args), seen=seen)
-        writebacks = tuple((where, w.encode_array(array)) for where, array, before in watch if not _same(array, before))
-        return (encoded, writebacks)
+        out = w.Packer()
+        node = r.encode(result, out, keep=(*keep, *object_args), seen=seen)
+        writebacks = [[where, out.array(array)] for where, array, before in watch if not _same(array, before)]
+        return out.message([node, writebacks])
+
+
+def _check_message(buffers: Any, refs: Any) -> None:
+    if type(buffers) is not tuple or type(refs) is not tuple:
+        raise TypeError("malformed call")
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
