@@ -168,10 +168,18 @@ class Connection:
             pass
 
     def invoke(self, op: str, *args: Any) -> Any:
+        """A cold-path operation through RPyC proper (namespace, describe, hello)."""
+        return self._guard(self.rpc.sync_request, consts.HANDLE_CALLATTR, self.root, op, args, ())
+
+    def fast(self, op: str, name: str, target: Any, tree: Any, buffers: tuple[Any, ...], refs: tuple[Any, ...]) -> Any:
+        """A hot-path operation (see ``faiss_proxy._transport``): one round trip."""
+        return self._guard(self.rpc.fast_request, op, name, target, tree, buffers, refs)
+
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self.rpc.closed:
             raise ConnectionError("the faiss-proxy session is closed (server or worker restarted?)")
         try:
-            return self.rpc.sync_request(consts.HANDLE_CALLATTR, self.root, op, args, ())
+            return fn(*args)
         except EOFError as exc:
             raise ConnectionError(f"lost the connection to faiss-proxy: {exc}") from None
         except AsyncResultTimeout:
@@ -247,8 +255,9 @@ class Connection:
     def _round_trip(self, op: str, head: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         out = w.Packer()
         tree = [[self.encode(a, out) for a in args], [[k, self.encode(v, out)] for k, v in kwargs.items()]]
-        header, buffers, refs = self.invoke(op, *head, *out.message(tree))
-        result, writebacks = w.unpack_json(header)
+        name, target = head
+        reply, buffers, refs = self.fast(op, name, target, *out.message(tree))
+        result, writebacks = reply
         for where, node in writebacks:
             target = args[where] if isinstance(where, int) else kwargs.get(where)
             if isinstance(target, np.ndarray):
@@ -257,17 +266,16 @@ class Connection:
 
     # --- operations ------------------------------------------------------------------
     def new(self, cls: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return self._round_trip("new", (cls,), args, kwargs)
+        return self._round_trip("new", (cls, None), args, kwargs)
 
     def function(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return self._round_trip("function", (name,), args, kwargs)
+        return self._round_trip("function", (name, None), args, kwargs)
 
     def call(self, obj: RemoteObject, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return self._round_trip("call", (self._ref(obj), name), args, kwargs)
+        return self._round_trip("call", (name, self._ref(obj)), args, kwargs)
 
     def getattr(self, obj: RemoteObject, name: str) -> Any:
-        header, buffers, refs = self.invoke("getattr", self._ref(obj), name)
-        node, _ = w.unpack_json(header)
+        (node, _), buffers, refs = self.fast("getattr", name, self._ref(obj), None, (), ())
         if type(node) is list and node and node[0] == w.MTH:
             return _BoundRemoteMethod(obj, name)
         return self.decode(node, buffers, refs)
@@ -275,7 +283,7 @@ class Connection:
     def setattr(self, obj: RemoteObject, name: str, value: Any) -> None:
         out = w.Packer()
         node = self.encode(value, out)
-        self.invoke("setattr", self._ref(obj), name, *out.message(node))
+        self.fast("setattr", name, self._ref(obj), *out.message(node))
 
 
 # --------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ unbounded inflation and frame sizes on receive).  This module replaces that laye
 
 from __future__ import annotations
 
+import builtins
+import json
 import select
 import socket
 import struct
@@ -34,6 +36,7 @@ from typing import Any
 
 import numpy as np
 from rpyc.core import brine, consts, netref
+from rpyc.core.async_ import AsyncResult
 from rpyc.core.protocol import Connection
 from rpyc.lib import Timeout
 
@@ -53,6 +56,14 @@ __all__ = [
 ]
 
 LABEL_ATTACH = 64
+#: Brine-free messages for the hot operations (new, function, call, getattr,
+#: setattr): one byte type, an 8-byte sequence number, a UTF-8 JSON body; the
+#: frame's attachments are the call's buffers.  Server objects are named by their
+#: RPyC id-packs, so their lifetime is still RPyC's (netrefs, refcounts, HANDLE_DEL).
+MSG_FAST_REQUEST = 0x41
+MSG_FAST_REPLY = 0x42
+MSG_FAST_ERROR = 0x43
+SEQ = struct.Struct("!Q")
 HEADER = struct.Struct("!IIB")
 LENGTH = struct.Struct("!Q")
 MAX_ATTACHMENTS = 4096
@@ -208,6 +219,29 @@ class FrameChannel:
             got += n
 
 
+def _attachments(buffers: tuple[Any, ...]) -> list[np.ndarray]:
+    out = []
+    for b in buffers:
+        if type(b) is Blob:
+            out.append(b.array)
+        elif type(b) is bytes:
+            out.append(np.frombuffer(b, dtype=np.uint8))
+        else:
+            raise TypeError("a message buffer must be bytes or a Blob")
+    return out
+
+
+def _exception_from(name: Any, args: Any) -> Exception:
+    cls = getattr(builtins, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        cls = RuntimeError
+    try:
+        exc: Exception = cls(*args) if isinstance(args, list) else cls(str(args))
+    except Exception:
+        exc = RuntimeError(*args) if isinstance(args, list) else RuntimeError(str(args))
+    return exc
+
+
 class FramedConnection(Connection):
     """An RPyC connection whose messages may carry raw buffers (see module doc)."""
 
@@ -237,18 +271,20 @@ class FramedConnection(Connection):
         return Connection._unbox(self, package)
 
     def _send(self, msg: int, seq: int, args: Any, attachments: list[np.ndarray] | None = None) -> None:
-        data = brine.I1.pack(msg) + brine.dump((seq, args))
         # Same queue discipline as rpyc: a netref __del__ may call in here while
         # this thread already holds the send lock.
-        self._send_queue.append((data, attachments or []))
+        self._send_raw(brine.I1.pack(msg) + brine.dump((seq, args)), attachments or [])
+
+    def _send_raw(self, meta: bytes, attachments: list[np.ndarray]) -> None:
+        """Queue an already encoded frame (same discipline as :meth:`_send`)."""
+        self._send_queue.append((meta, attachments))
         while self._send_queue:
             if not self._sendlock.acquire(False):
                 return
             try:
                 if not self._send_queue:
                     continue
-                frame = self._send_queue.pop(0)
-                self._channel.send(frame)
+                self._channel.send(self._send_queue.pop(0))
             finally:
                 self._sendlock.release()
 
@@ -307,6 +343,51 @@ class ClientConnection(FramedConnection):
     def __init__(self, channel: FrameChannel, config: dict[str, Any]) -> None:
         super().__init__(_ClientRoot(), channel, config)
 
+    def fast_request(
+        self, op: str, name: str, target: Any, tree: Any, buffers: tuple[Any, ...], refs: tuple[Any, ...]
+    ) -> tuple[Any, tuple[np.ndarray, ...], tuple[Any, ...]]:
+        """One hot-path call; returns the reply's tree, buffers and object refs."""
+        seq = self._get_seq_id()
+        result = AsyncResult(self)
+        self._request_callbacks[seq] = result
+        idpacks = [r.____id_pack__ for r in refs]
+        target_index = None
+        if target is not None:
+            idpacks.append(target.____id_pack__)
+            target_index = len(idpacks) - 1
+        body = json.dumps([op, name, target_index, idpacks, tree], separators=(",", ":"))
+        meta = bytes((MSG_FAST_REQUEST,)) + SEQ.pack(seq) + body.encode()
+        try:
+            self._send_raw(meta, _attachments(buffers))
+        except Exception:
+            self._request_callbacks.pop(seq, None)
+            raise
+        timeout = self._config["sync_request_timeout"]
+        if timeout is not None:
+            result.set_expiry(timeout)
+        value: tuple[Any, tuple[np.ndarray, ...], tuple[Any, ...]] = result.value
+        return value
+
+    def _dispatch(self, data: bytes) -> None:
+        msg = data[0]
+        if msg not in (MSG_FAST_REPLY, MSG_FAST_ERROR):
+            Connection._dispatch(self, data)
+            return
+        try:
+            (seq,) = SEQ.unpack_from(data, 1)
+            body = json.loads(data[1 + SEQ.size :])
+            if msg == MSG_FAST_REPLY:
+                tree, idpacks = body
+                refs = tuple(self._unbox((consts.LABEL_REMOTE_REF, tuple(p))) for p in idpacks)
+                buffers = tuple(getattr(self._channel._local, "attachments", ()))
+                obj: Any = (tree, buffers, refs)
+                is_exc = False
+            else:
+                obj, is_exc = _exception_from(body[0], body[1]), True
+        finally:
+            self._recvlock.release()
+        self._seq_request_callback(msg, seq, is_exc, obj)
+
     def _netref_factory(self, id_pack: Any) -> Any:
         return _OpaqueRef(self, id_pack)
 
@@ -335,22 +416,33 @@ class ServerConnection(FramedConnection):
                     try:
                         data = self._channel.recv()
                         msg = data[0]
-                        if msg != consts.MSG_REQUEST:
+                        if msg == MSG_FAST_REQUEST:
+                            fast = (data, tuple(getattr(self._channel._local, "attachments", ())))
+                        elif msg != consts.MSG_REQUEST:
                             raise ProtocolError("clients may only send requests")
-                        seq, raw = brine.load(data[1:])
+                        else:
+                            fast = None
+                            seq, raw = brine.load(data[1:])
                     except EOFError:
                         self.close()
                         return
                     except Exception as exc:
                         self.close()
                         raise ProtocolError(f"malformed message: {type(exc).__name__}") from None
-                    try:
-                        handler, args = raw
-                        args = self._unbox(args)
-                    except Exception:
-                        self._reply_exception(seq)
-                        continue
-                self._execute(seq, handler, args)
+                    if fast is not None:
+                        call = self._parse_fast(*fast)
+                    else:
+                        try:
+                            handler, args = raw
+                            args = self._unbox(args)
+                        except Exception:
+                            self._reply_exception(seq)
+                            continue
+                if fast is not None:
+                    if call is not None:
+                        self._execute_fast(*call)
+                else:
+                    self._execute(seq, handler, args)
 
         errors: list[BaseException] = []
 
@@ -370,6 +462,47 @@ class ServerConnection(FramedConnection):
         self.close()
         if errors:
             raise errors[0]
+
+    def _parse_fast(self, data: bytes, buffers: tuple[np.ndarray, ...]) -> tuple[Any, ...] | None:
+        """Resolve a fast request while holding the read lock (the attachments and
+        the object table are consistent there)."""
+        if len(data) < 1 + SEQ.size:
+            raise ProtocolError("short fast request")
+        (seq,) = SEQ.unpack_from(data, 1)
+        try:
+            op, name, target_index, idpacks, tree = json.loads(data[1 + SEQ.size :])
+            refs = tuple(self._local_objects[tuple(p)] for p in idpacks)
+            target = refs[target_index] if target_index is not None else None
+        except Exception as exc:
+            self._reply_fast_error(seq, TypeError(f"malformed request ({type(exc).__name__})"))
+            return None
+        return seq, op, name, target, tree, buffers, refs
+
+    def _execute_fast(
+        self, seq: int, op: Any, name: Any, target: Any, tree: Any, buffers: tuple[Any, ...], refs: tuple[Any, ...]
+    ) -> None:
+        try:
+            handler = self._local_root.fast_operation(op)
+            out_tree, out_buffers, out_refs = handler(target, name, tree, buffers, refs)
+            idpacks = [self._box(h)[1] for h in out_refs]
+            body = json.dumps([out_tree, idpacks], separators=(",", ":"))
+            meta = bytes((MSG_FAST_REPLY,)) + SEQ.pack(seq) + body.encode()
+            attachments = _attachments(out_buffers)
+        except Exception as exc:
+            self._reply_fast_error(seq, exc)
+            return
+        try:
+            self._send_raw(meta, attachments)
+        except EOFError:
+            pass
+
+    def _reply_fast_error(self, seq: int, exc: Exception) -> None:
+        args = [a if type(a) in (str, int, float, bool, type(None)) else str(a) for a in exc.args]
+        body = json.dumps([type(exc).__name__, args])
+        try:
+            self._send_raw(bytes((MSG_FAST_ERROR,)) + SEQ.pack(seq) + body.encode(), [])
+        except EOFError:
+            pass
 
     def _reply_exception(self, seq: int) -> None:
         t, v, tb = sys.exc_info()

@@ -171,8 +171,8 @@ class Packer:
         self.refs.append(ref)
         return [OBJ, len(self.refs) - 1, *extra]
 
-    def message(self, tree: Any) -> tuple[str, tuple[Any, ...], tuple[Any, ...]]:
-        return pack_json(tree), tuple(self.buffers), tuple(self.refs)
+    def message(self, tree: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+        return tree, tuple(self.buffers), tuple(self.refs)
 
 
 def pack_json(tree: Any) -> str:

@@ -131,10 +131,12 @@ def _operation(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-#: What every operation returns: a JSON header, its buffers, its object refs.
-Reply = tuple[str, tuple[Any, ...], tuple[Any, ...]]
+#: What every hot operation returns: a JSON-able tree, its buffers, its object refs.
+Reply = tuple[Any, tuple[Any, ...], tuple[Any, ...]]
 
-_EXPOSED = frozenset({"hello", "namespace", "describe", "new", "function", "call", "getattr", "setattr"})
+#: Operations over RPyC proper (cold path) and over the fast path (hot).
+_EXPOSED = frozenset({"hello", "namespace", "describe"})
+_FAST = frozenset({"new", "function", "call", "getattr", "setattr"})
 
 
 class FaissService:
@@ -176,55 +178,63 @@ class FaissService:
     def exposed_describe(self, name: Any) -> tuple[Any, ...]:
         return self.reflection.describe(self.reflection.class_by_name(name))
 
-    @_operation
-    def exposed_new(self, name: Any, header: Any, buffers: Any, refs: Any) -> Reply:
-        cls = self.reflection.class_by_name(name)
-        return self._invoke(cls, name, header, buffers, refs, keep=())
+    # hot operations (brine-free fast path, see faiss_proxy._transport) ----------------
+    def fast_operation(self, op: Any) -> Callable[..., Reply]:
+        if op not in _FAST:
+            raise AttributeError("access denied")
+        handler: Callable[..., Reply] = getattr(self, "op_" + op)
+        return handler
 
     @_operation
-    def exposed_function(self, name: Any, header: Any, buffers: Any, refs: Any) -> Reply:
+    def op_new(self, target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
+        cls = self.reflection.class_by_name(name)
+        return self._invoke(cls, name, tree, buffers, refs, keep=())
+
+    @_operation
+    def op_function(self, target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
         fn = self.reflection.function(name)
         if name == "omp_set_num_threads":
-            return self._omp_set_num_threads(header)
+            return self._omp_set_num_threads(tree)
         if name == "omp_get_max_threads":
-            return (w.pack_json([self.policy.max_threads, []]), (), ())
-        return self._invoke(fn, name, header, buffers, refs, keep=())
+            return [self.policy.max_threads, []], (), ()
+        return self._invoke(fn, name, tree, buffers, refs, keep=())
 
     @_operation
-    def exposed_call(self, handle: Any, name: Any, header: Any, buffers: Any, refs: Any) -> Reply:
-        target = self._unwrap(handle)
-        method = getattr(target, check_attribute(name))
+    def op_call(self, target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
+        obj = self._unwrap(target)
+        method = getattr(obj, check_attribute(name))
         if not callable(method):
             raise TypeError(f"'{type(method).__name__}' object is not callable")
-        return self._invoke(method, name, header, buffers, refs, keep=(target,))
+        return self._invoke(method, name, tree, buffers, refs, keep=(obj,))
 
     @_operation
-    def exposed_getattr(self, handle: Any, name: Any) -> Reply:
-        target = self._unwrap(handle)
-        value = getattr(target, check_attribute(name))
+    def op_getattr(self, target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
+        obj = self._unwrap(target)
+        value = getattr(obj, check_attribute(name))
         if callable(value) and not isinstance(value, np.ndarray) and not _is_faiss_object(value):
-            return (w.pack_json([[w.MTH, name], []]), (), ())
+            return [[w.MTH, name], []], (), ()
         out = w.Packer()
-        node = self.reflection.encode(value, out, keep=(target,))
+        node = self.reflection.encode(value, out, keep=(obj,))
         return out.message([node, []])
 
     @_operation
-    def exposed_setattr(self, handle: Any, name: Any, header: Any, buffers: Any, refs: Any) -> None:
-        target = self._unwrap(handle)
+    def op_setattr(self, target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
+        obj = self._unwrap(target)
         check_attribute(name)
-        cls_attr = getattr(type(target), name, None)
-        if not isinstance(cls_attr, property) and name not in getattr(target, "__dict__", {}):
-            raise AttributeError(f"'{type(target).__name__}' object has no attribute '{name}'")
+        cls_attr = getattr(type(obj), name, None)
+        if not isinstance(cls_attr, property) and name not in getattr(obj, "__dict__", {}):
+            raise AttributeError(f"'{type(obj).__name__}' object has no attribute '{name}'")
         _check_message(buffers, refs)
-        decoded = self.reflection.decode(w.unpack_json(header), buffers, refs, [])
-        setattr(target, name, decoded)
+        decoded = self.reflection.decode(tree, buffers, refs, [])
+        setattr(obj, name, decoded)
         if _is_faiss_object(decoded):
             # faiss's own convention for keeping referenced C++ objects alive.
-            refs_list = getattr(target, "referenced_objects", None)
-            if isinstance(refs_list, list):
-                refs_list.append(decoded)
+            kept = getattr(obj, "referenced_objects", None)
+            if isinstance(kept, list):
+                kept.append(decoded)
             else:
-                target.referenced_objects = [decoded]
+                obj.referenced_objects = [decoded]
+        return [None, []], (), ()
 
     # helpers ---------------------------------------------------------------------------
     def _unwrap(self, handle: Any) -> Any:
@@ -232,19 +242,17 @@ class FaissService:
             raise TypeError("not a remote faiss object")
         return handle.obj
 
-    def _omp_set_num_threads(self, header: Any) -> Reply:
+    def _omp_set_num_threads(self, args: Any) -> Reply:
         """Sets the worker's batch thread count (this tenant's process only)."""
-        args = w.unpack_json(header)
         if type(args) is not list or len(args) != 2 or len(args[0]) != 1 or type(args[0][0]) is not int:
             raise TypeError("omp_set_num_threads(num_threads: int)")
         self.policy.max_threads = max(1, args[0][0])
-        return (w.pack_json([None, []]), (), ())
+        return [None, []], (), ()
 
     def _invoke(
-        self, fn: Callable[..., Any], name: str, header: Any, buffers: Any, refs: Any, keep: tuple[Any, ...]
+        self, fn: Callable[..., Any], name: str, call: Any, buffers: Any, refs: Any, keep: tuple[Any, ...]
     ) -> Reply:
         _check_message(buffers, refs)
-        call = w.unpack_json(header)
         if type(call) is not list or len(call) != 2 or type(call[0]) is not list or type(call[1]) is not list:
             raise TypeError("malformed call")
         r = self.reflection
