@@ -106,7 +106,20 @@ def wire_view(array: np.ndarray) -> memoryview:
     return memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
+_DTYPE_CODES: dict[np.dtype, str] = {}
+_DTYPES: dict[str, np.dtype] = {code: np.dtype(code) for code in ALLOWED_DTYPES}
+
+
 def _check_dtype(dtype: np.dtype) -> str:
+    code = _DTYPE_CODES.get(dtype)
+    if code is not None:
+        return code
+    code = _dtype_code(dtype)
+    _DTYPE_CODES[dtype] = code
+    return code
+
+
+def _dtype_code(dtype: np.dtype) -> str:
     if dtype.byteorder == ">" or (dtype.byteorder == "=" and not _LITTLE):
         raise TypeError(f"big-endian arrays are not supported (dtype {dtype})")
     code = dtype.newbyteorder("<").str if dtype.itemsize > 1 else dtype.str
@@ -124,7 +137,8 @@ def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
     ``buf`` is the uint8 buffer the transport received.  The result is a
     writable view of it, not a copy.
     """
-    if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
+    dt = _DTYPES.get(dtype) if isinstance(dtype, str) else None
+    if dt is None:
         raise TypeError(f"refused array dtype {dtype!r}")
     if not isinstance(shape, tuple) or len(shape) > MAX_NDIM:
         raise ValueError("refused array shape: not a tuple of at most 8 dimensions")
@@ -133,7 +147,6 @@ def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
             raise ValueError(f"refused array shape {shape!r}: dimensions must be ints >= 0")
     if not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or buf.ndim != 1:
         raise TypeError("refused array payload: not a raw buffer")
-    dt = np.dtype(dtype)
     expected = math.prod(shape) * dt.itemsize
     if expected != buf.nbytes:
         raise ValueError(f"refused array: shape {shape} of {dt} needs {expected} bytes, got {buf.nbytes}")
@@ -143,18 +156,19 @@ def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
 class Packer:
     """Collects the buffers and refs of one message while its header is built."""
 
-    __slots__ = ("buffers", "refs")
+    __slots__ = ("buffers", "inline", "refs")
 
-    def __init__(self) -> None:
+    def __init__(self, inline: bool = False) -> None:
         self.buffers: list[Any] = []
         self.refs: list[Any] = []
+        self.inline = inline
 
     def array(self, array: np.ndarray) -> list[Any]:
         code = _check_dtype(array.dtype)
         if array.ndim > MAX_NDIM:
             raise ValueError(f"arrays of more than {MAX_NDIM} dimensions are not supported")
-        contiguous = np.ascontiguousarray(array)
-        if contiguous.nbytes <= INLINE_BYTES:
+        contiguous = array if array.flags.c_contiguous else np.ascontiguousarray(array)
+        if self.inline and contiguous.nbytes <= INLINE_BYTES:
             self.buffers.append(contiguous.tobytes())
         else:
             self.buffers.append(Blob(contiguous))
