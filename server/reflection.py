@@ -114,8 +114,20 @@ def denied_class_reason(name: str) -> str | None:
     return None
 
 
+_CHECKED_NAMES: set[str] = set()
+
+
 def check_attribute(name: Any) -> str:
     """Validate an attribute name a client asked for; return it or raise."""
+    if type(name) is str and name in _CHECKED_NAMES:
+        return name
+    _check_attribute(name)
+    if len(_CHECKED_NAMES) < 100_000:
+        _CHECKED_NAMES.add(name)
+    return name
+
+
+def _check_attribute(name: Any) -> None:
     if type(name) is not str or not name.isidentifier():
         raise ExposureError("attribute names must be identifiers")
     if name.startswith("_"):
@@ -124,7 +136,6 @@ def check_attribute(name: Any) -> str:
         raise ExposureError(f"'{name}': raw-pointer methods are not exposed; call the method without _c")
     if name in DENIED_ATTRIBUTES:
         raise ExposureError(f"'{name}' is not exposed (raw memory or faiss internals)")
-    return name
 
 
 def _is_faiss_code(obj: Any) -> bool:
@@ -330,9 +341,7 @@ class Reflection:
             for ident, position in seen:
                 if ident == id(value):
                     return [w.ARG, position]
-            if value.dtype == object:
-                raise TypeError("object arrays are not returned")
-            return out.array(value)
+            return out.array(value)  # refuses object and other non-numeric dtypes
         if isinstance(value, np.generic):
             return out.scalar(value)
         if type(value) is tuple:

@@ -147,6 +147,7 @@ class FaissService:
         self.policy = policy
         self.version = version
         self.stats = SessionStats()
+        self._fast_ops: dict[str, Callable[..., Reply]] = {op: getattr(self, "op_" + op) for op in _FAST}
 
     # rpyc protocol hooks ------------------------------------------------------------
     def on_connect(self, conn: Any) -> None:
@@ -180,9 +181,9 @@ class FaissService:
 
     # hot operations (brine-free fast path, see faiss_proxy._transport) ----------------
     def fast_operation(self, op: Any) -> Callable[..., Reply]:
-        if op not in _FAST:
+        handler = self._fast_ops.get(op) if type(op) is str else None
+        if handler is None:
             raise AttributeError("access denied")
-        handler: Callable[..., Reply] = getattr(self, "op_" + op)
         return handler
 
     @_operation
@@ -298,6 +299,11 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)))
 
 
+_NOT_FAISS = (np.ndarray, int, float, str, bytes, bool, type(None), tuple, list, dict)
+
+
 def _is_faiss_object(value: Any) -> bool:
+    if isinstance(value, _NOT_FAISS):
+        return False
     module = getattr(type(value), "__module__", "") or ""
     return module == "faiss" or module.startswith("faiss.")
