@@ -19,11 +19,11 @@ writes the bytes here; :func:`read_index` reads here and uploads.
 
 from __future__ import annotations
 
-import os
-import threading
-from typing import Any
+import os as _os
+import threading as _threading
+from typing import Any as _Any
 
-import numpy as np
+import numpy as _np
 
 from ._client import AuthenticationError, Client, RemoteObject
 
@@ -44,7 +44,7 @@ __all__ = [
     "vector_float_to_array",
 ]
 
-_lock = threading.Lock()
+_lock = _threading.Lock()
 _current: Client | None = None
 _configured = False
 
@@ -57,10 +57,10 @@ def configure(api_url: str | None = None, api_key: str | None = None, timeout: f
     at all, the module uses the local faiss package.
     """
     global _current, _configured
-    url = api_url if api_url is not None else os.environ.get("FAISS_PROXY_URL", "")
-    key = api_key if api_key is not None else os.environ.get("FAISS_PROXY_API_KEY", "")
+    url = api_url if api_url is not None else _os.environ.get("FAISS_PROXY_URL", "")
+    key = api_key if api_key is not None else _os.environ.get("FAISS_PROXY_API_KEY", "")
     if timeout is None:
-        timeout = float(os.environ.get("FAISS_PROXY_TIMEOUT", "600") or 600)
+        timeout = float(_os.environ.get("FAISS_PROXY_TIMEOUT", "600") or 600)
     with _lock:
         if _current is not None:
             _current.close()
@@ -83,7 +83,7 @@ def is_remote() -> bool:
     return client() is not None
 
 
-def _local_faiss() -> Any:
+def _local_faiss() -> _Any:
     try:
         import faiss
     except ImportError:
@@ -95,7 +95,7 @@ def _local_faiss() -> Any:
     return faiss
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name.startswith("__"):
         raise AttributeError(name)
     c = client()
@@ -106,7 +106,7 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     c = client()
-    names = set(globals()) | set(__all__)
+    names = {n for n in globals() if not n.startswith("_")} | set(__all__)
     if c is None:
         try:
             names |= set(dir(_local_faiss()))
@@ -118,68 +118,68 @@ def __dir__() -> list[str]:
 
 
 # --- files stay on the client ---------------------------------------------------------
-def _read_bytes(f: Any) -> np.ndarray:
+def _read_bytes(f: _Any) -> _np.ndarray:
     if hasattr(f, "read"):
         data = f.read()
     else:
-        with open(os.fspath(f), "rb") as fh:
+        with open(_os.fspath(f), "rb") as fh:
             data = fh.read()
-    return np.frombuffer(data, dtype=np.uint8)
+    return _np.frombuffer(data, dtype=_np.uint8)
 
 
-def _write_bytes(data: np.ndarray, f: Any) -> None:
+def _write_bytes(data: _np.ndarray, f: _Any) -> None:
     if hasattr(f, "write"):
         f.write(data.tobytes())
         return
-    path = os.fspath(f)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    path = _os.fspath(f)
+    tmp = f"{path}.tmp-{_os.getpid()}"
     with open(tmp, "wb") as fh:
-        fh.write(np.ascontiguousarray(data).tobytes())
-    os.replace(tmp, path)
+        fh.write(_np.ascontiguousarray(data).tobytes())
+    _os.replace(tmp, path)
 
 
-def write_index(index: Any, f: Any) -> None:
+def write_index(index: _Any, f: _Any) -> None:
     """Write ``index`` to the client's file (path or binary file object)."""
     c = client()
     if c is None:
-        _local_faiss().write_index(index, os.fspath(f) if not hasattr(f, "write") else f)
+        _local_faiss().write_index(index, _os.fspath(f) if not hasattr(f, "write") else f)
         return
     _write_bytes(c.lookup("serialize_index")(index), f)
 
 
-def read_index(f: Any, io_flags: int = 0) -> Any:
+def read_index(f: _Any, io_flags: int = 0) -> _Any:
     """Read an index from the client's file and upload it.
 
     Memory-mapping flags do not apply to a remote index and are ignored."""
     c = client()
     if c is None:
-        return _local_faiss().read_index(os.fspath(f) if not hasattr(f, "read") else f, io_flags)
+        return _local_faiss().read_index(_os.fspath(f) if not hasattr(f, "read") else f, io_flags)
     return c.lookup("deserialize_index")(_read_bytes(f))
 
 
-def write_index_binary(index: Any, f: Any) -> None:
+def write_index_binary(index: _Any, f: _Any) -> None:
     """Binary-index variant of :func:`write_index`."""
     c = client()
     if c is None:
-        _local_faiss().write_index_binary(index, os.fspath(f) if not hasattr(f, "write") else f)
+        _local_faiss().write_index_binary(index, _os.fspath(f) if not hasattr(f, "write") else f)
         return
     _write_bytes(c.lookup("serialize_index_binary")(index), f)
 
 
-def read_index_binary(f: Any, io_flags: int = 0) -> Any:
+def read_index_binary(f: _Any, io_flags: int = 0) -> _Any:
     """Binary-index variant of :func:`read_index`."""
     c = client()
     if c is None:
-        return _local_faiss().read_index_binary(os.fspath(f) if not hasattr(f, "read") else f, io_flags)
+        return _local_faiss().read_index_binary(_os.fspath(f) if not hasattr(f, "read") else f, io_flags)
     return c.lookup("deserialize_index_binary")(_read_bytes(f))
 
 
-def vector_to_array(v: Any) -> Any:
+def vector_to_array(v: _Any) -> _Any:
     """std::vector values already arrive as NumPy arrays; this returns a copy."""
     c = client()
     if c is None:
         return _local_faiss().vector_to_array(v)
-    return np.array(v)
+    return _np.array(v)
 
 
 vector_float_to_array = vector_to_array

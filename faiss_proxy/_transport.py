@@ -216,9 +216,11 @@ class FrameChannel:
 
     def _read_exact(self, n: int) -> bytes:
         if n > _SMALL:
-            buf = bytearray(n)
-            self._read_into(memoryview(buf))
-            return bytes(buf)
+            # np.empty does not touch its pages: memory is committed as data
+            # arrives, not when a peer merely claims a large size.
+            buf = np.empty(n, dtype=np.uint8)
+            self._read_into(memoryview(buf))  # type: ignore[arg-type]
+            return buf.tobytes()
         if self._end - self._start < n and len(self._buf) - self._start < n:
             # compact: move what is buffered to the front
             left = self._end - self._start
@@ -497,10 +499,16 @@ class ServerConnection(FramedConnection):
                 if msg != consts.MSG_REQUEST:
                     raise ProtocolError("clients may only send requests")
                 seq, raw = brine.load(data[1:])
+            except ProtocolError:
+                self._channel.close()  # first: RPyC's close() would wait for the peer
+                self.close()
+                raise
             except EOFError:
+                self._channel.close()
                 self.close()
                 return None
             except Exception as exc:
+                self._channel.close()  # first: RPyC's close() would wait for the peer
                 self.close()
                 raise ProtocolError(f"malformed message: {type(exc).__name__}") from None
             try:

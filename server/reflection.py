@@ -63,6 +63,8 @@ DENIED_FUNCTIONS: dict[str, str] = {
     "add_ref_in_method": "faiss internal helper",
     "add_ref_in_method_explicit_own": "faiss internal helper",
     "add_to_referenced_objects": "faiss internal helper",
+    "shard_ivf_index_centroids": "writes index files on the server (and takes a printf format)",
+    "shard_binary_ivf_index_centroids": "writes index files on the server (and takes a printf format)",
 }
 
 _DENIED_FUNCTION_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -92,7 +94,22 @@ _DENIED_CLASS_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 #: Attribute names refused on every object, besides ``_`` names and ``*_c``.
-DENIED_ATTRIBUTES = frozenset({"this", "thisown", "get_xb", "data", "referenced_objects"})
+DENIED_ATTRIBUTES = frozenset(
+    {
+        "this",
+        "thisown",
+        "get_xb",
+        "data",
+        "referenced_objects",
+        # OperatingPoints: write a text file at a server path
+        "all_to_gnuplot",
+        "optimal_to_gnuplot",
+    }
+)
+
+#: Inverted-list records that make faiss open a file named inside the blob:
+#: OnDiskInvertedLists ("ilod") maps an arbitrary server path read-write.
+_FILE_BACKED_FOURCCS = (b"ilod",)
 
 _CONSTANT_TYPES = (bool, int, float)
 _PLAIN = (type(None), bool, int, float, str, bytes, complex)
@@ -147,6 +164,34 @@ def _is_swig_pointer(value: Any) -> bool:
     return type(value).__name__ in ("SwigPyObject", "SwigVarLink")
 
 
+def _checked_deserializer(deserialize: Callable[..., Any]) -> Callable[..., Any]:
+    """``deserialize_index`` that refuses blobs which would open server files.
+
+    A serialized IVF index names the type of its inverted lists; an
+    ``OnDiskInvertedLists`` record carries a file path that faiss opens and maps
+    read-write on load.  The blob is scanned for that record's tag (a false
+    positive refuses an upload, it never loads a file), and ``io_flags`` (mmap,
+    on-disk directory) do not apply to bytes and are refused."""
+
+    def checked(data: Any, io_flags: int = 0) -> Any:
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+            raise TypeError("deserialize_index takes a uint8 NumPy array (as serialize_index returns)")
+        if io_flags:
+            raise ValueError("io_flags do not apply to a remote deserialize_index")
+        raw = np.ascontiguousarray(data).tobytes()
+        for tag in _FILE_BACKED_FOURCCS:
+            if tag in raw:
+                raise ValueError(
+                    f"refused: the index data contains a file-backed inverted-lists record ({tag.decode()}); "
+                    "on-disk inverted lists would open files on the server"
+                )
+        return deserialize(data)
+
+    checked.__name__ = deserialize.__name__
+    checked.__doc__ = deserialize.__doc__
+    return checked
+
+
 class Handle:
     """An opaque box around one server object, as a client sees it.
 
@@ -193,14 +238,17 @@ class Reflection:
                 self.denied[name] = "modules are not exposed"
             elif inspect.isclass(value):
                 reason = None if _is_faiss_code(value) else "not part of faiss"
-                reason = reason or denied_class_reason(name)
+                reason = reason or denied_class_reason(name) or denied_class_reason(value.__name__)
                 if reason:
                     self.denied[name] = reason
                 else:
                     self.classes[name] = value
             elif callable(value):
+                # The object's own name counts too: faiss.obj is a leftover loop
+                # variable that holds write_index_binary.
+                own = getattr(value, "__name__", name)
                 reason = None if _is_faiss_code(value) else "not part of faiss"
-                reason = reason or denied_function_reason(name)
+                reason = reason or denied_function_reason(name) or denied_function_reason(str(own))
                 if reason:
                     self.denied[name] = reason
                 else:
@@ -209,6 +257,9 @@ class Reflection:
                 self.constants[name] = value
             else:
                 self.denied[name] = "not exposed"
+        for name in ("deserialize_index", "deserialize_index_binary"):
+            if name in self.functions:
+                self.functions[name] = _checked_deserializer(self.functions[name])
         self._class_info: dict[type, tuple[Any, ...]] = {}
         self._vector_dtypes = dict(getattr(faiss_module, "vector_name_map", {}))
 
