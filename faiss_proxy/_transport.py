@@ -65,6 +65,8 @@ MSG_FAST_REQUEST = 0x41
 MSG_FAST_REPLY = 0x42
 MSG_FAST_ERROR = 0x43
 SEQ = struct.Struct("!Q")
+# One encoder for all messages (json.dumps with arguments builds a new one per call).
+_json_encode = json.JSONEncoder(separators=(",", ":")).encode
 HEADER = struct.Struct("!IIB")
 LENGTH = struct.Struct("!Q")
 MAX_ATTACHMENTS = 4096
@@ -185,7 +187,9 @@ class FrameChannel:
         head = HEADER.pack(len(meta), len(attachments), 0)
         if attachments:
             head += struct.pack(f"!{len(attachments)}Q", *(a.nbytes for a in attachments))
-        views = [wire_view(a) for a in attachments if a.nbytes]
+        # Attachments are C-contiguous (the Packer makes them so): their buffer is
+        # their bytes, whatever the dtype.
+        views = [a.data if a.flags.c_contiguous else wire_view(a) for a in attachments if a.nbytes]
         try:
             if len(meta) + sum(v.nbytes for v in views) <= _SMALL:
                 # One syscall, one TCP segment: small replies do not trickle out.
@@ -402,7 +406,7 @@ class ClientConnection(FramedConnection):
         if target is not None:
             idpacks.append(target.____id_pack__)
             target_index = len(idpacks) - 1
-        body = json.dumps([op, name, target_index, idpacks, tree], separators=(",", ":"))
+        body = _json_encode([op, name, target_index, idpacks, tree])
         meta = bytes((MSG_FAST_REQUEST,)) + SEQ.pack(seq) + body.encode()
         try:
             self._send_raw(meta, _attachments(buffers))
@@ -580,7 +584,7 @@ class ServerConnection(FramedConnection):
             handler = self._local_root.fast_operation(op)
             out_tree, out_buffers, out_refs = handler(target, name, tree, buffers, refs)
             idpacks = [self._box(h)[1] for h in out_refs]
-            body = json.dumps([out_tree, idpacks], separators=(",", ":"))
+            body = _json_encode([out_tree, idpacks])
             meta = bytes((MSG_FAST_REPLY,)) + SEQ.pack(seq) + body.encode()
             attachments = _attachments(out_buffers)
         except Exception as exc:

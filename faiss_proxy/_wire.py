@@ -189,8 +189,11 @@ class Packer:
         return tree, tuple(self.buffers), tuple(self.refs)
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def pack_json(tree: Any) -> str:
-    return json.dumps(tree, separators=(",", ":"))
+    return _encode(tree)
 
 
 def unpack_json(text: Any) -> Any:
