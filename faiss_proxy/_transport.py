@@ -205,18 +205,21 @@ class FrameChannel:
             raise EOFError(str(exc)) from exc
 
     # --- buffered reading -------------------------------------------------------------
-    def _fill(self) -> None:
-        if self._start == self._end:
-            self._start = self._end = 0
+    def _recv_into(self, view: memoryview) -> int:
         try:
-            n = self.sock.recv_into(self._view[self._end :])
+            n = self.sock.recv_into(view)
         except OSError as exc:
             self.close()
             raise EOFError(str(exc)) from exc
         if n == 0:
             self.close()
             raise EOFError("connection closed by peer")
-        self._end += n
+        return n
+
+    def _fill(self) -> None:
+        if self._start == self._end:
+            self._start = self._end = 0
+        self._end += self._recv_into(self._view[self._end :])
 
     def _read_exact(self, n: int) -> bytes:
         if n > _SMALL:
@@ -225,13 +228,7 @@ class FrameChannel:
             buf = np.empty(n, dtype=np.uint8)
             self._read_into(memoryview(buf))  # type: ignore[arg-type]
             return buf.tobytes()
-        if self._end - self._start < n and len(self._buf) - self._start < n:
-            # compact: move what is buffered to the front
-            left = self._end - self._start
-            self._view[:left] = self._view[self._start : self._end]
-            self._start, self._end = 0, left
-        while self._end - self._start < n:
-            self._fill()
+        self._ensure(n)
         out = bytes(self._view[self._start : self._start + n])
         self._start += n
         return out
@@ -243,15 +240,7 @@ class FrameChannel:
             view[:got] = self._view[self._start : self._start + got]
             self._start += got
         while got < total:
-            try:
-                n = self.sock.recv_into(view[got:], min(total - got, 1 << 22))
-            except OSError as exc:
-                self.close()
-                raise EOFError(str(exc)) from exc
-            if n == 0:
-                self.close()
-                raise EOFError("connection closed by peer")
-            got += n
+            got += self._recv_into(view[got : got + (1 << 22)])
 
 
 def _attachments(buffers: tuple[Any, ...]) -> list[np.ndarray]:
