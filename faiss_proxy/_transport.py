@@ -41,7 +41,7 @@ from rpyc.core.async_ import AsyncResultTimeout
 from rpyc.core.protocol import Connection
 from rpyc.lib import Timeout
 
-from ._wire import Blob, wire_view
+from ._wire import Blob, pack_json, unpack_json, wire_view
 
 __all__ = [
     "FrameChannel",
@@ -65,8 +65,8 @@ MSG_FAST_REQUEST = 0x41
 MSG_FAST_REPLY = 0x42
 MSG_FAST_ERROR = 0x43
 SEQ = struct.Struct("!Q")
-# One encoder for all messages (json.dumps with arguments builds a new one per call).
-_json_encode = json.JSONEncoder(separators=(",", ":")).encode
+_json_encode = pack_json
+_json_decode = unpack_json
 HEADER = struct.Struct("!IIB")
 LENGTH = struct.Struct("!Q")
 MAX_ATTACHMENTS = 4096
@@ -445,7 +445,7 @@ class ClientConnection(FramedConnection):
             return
         try:
             (seq,) = SEQ.unpack_from(data, 1)
-            body = json.loads(data[1 + SEQ.size :])
+            body = _json_decode(data[1 + SEQ.size :])
             if msg == MSG_FAST_REPLY:
                 tree, idpacks = body
                 refs = tuple(self._unbox((consts.LABEL_REMOTE_REF, tuple(p))) for p in idpacks) if idpacks else ()
@@ -558,7 +558,7 @@ class ServerConnection(FramedConnection):
             raise ProtocolError("short fast request")
         (seq,) = SEQ.unpack_from(data, 1)
         try:
-            op, name, target_index, idpacks, tree = json.loads(data[1 + SEQ.size :])
+            op, name, target_index, idpacks, tree = _json_decode(data[1 + SEQ.size :])
             refs = tuple(self._local_objects[tuple(p)] for p in idpacks)
             target = refs[target_index] if target_index is not None else None
         except Exception as exc:

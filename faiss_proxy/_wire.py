@@ -106,6 +106,7 @@ def wire_view(array: np.ndarray) -> memoryview:
     return memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
+_UINT8 = np.dtype(np.uint8)
 _DTYPE_CODES: dict[np.dtype, str] = {}
 _DTYPES: dict[str, np.dtype] = {code: np.dtype(code) for code in ALLOWED_DTYPES}
 
@@ -137,15 +138,15 @@ def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
     ``buf`` is the uint8 buffer the transport received.  The result is a
     writable view of it, not a copy.
     """
-    dt = _DTYPES.get(dtype) if isinstance(dtype, str) else None
+    dt = _DTYPES.get(dtype) if type(dtype) is str else None
     if dt is None:
         raise TypeError(f"refused array dtype {dtype!r}")
-    if not isinstance(shape, tuple) or len(shape) > MAX_NDIM:
+    if type(shape) is not tuple or len(shape) > MAX_NDIM:
         raise ValueError("refused array shape: not a tuple of at most 8 dimensions")
     for n in shape:
         if type(n) is not int or n < 0:
             raise ValueError(f"refused array shape {shape!r}: dimensions must be ints >= 0")
-    if not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or buf.ndim != 1:
+    if type(buf) is not np.ndarray or buf.dtype is not _UINT8 or buf.ndim != 1:
         raise TypeError("refused array payload: not a raw buffer")
     expected = math.prod(shape) * dt.itemsize
     if expected != buf.nbytes:
@@ -189,17 +190,37 @@ class Packer:
         return tree, tuple(self.buffers), tuple(self.refs)
 
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+def _make_encoder() -> Any:
+    """The C JSON encoder, built once (``json.dumps`` builds one per call)."""
+    from json import encoder
+
+    c_make = getattr(encoder, "c_make_encoder", None)
+    if c_make is None:  # pragma: no cover - pure-Python json
+        return json.JSONEncoder(separators=(",", ":")).encode
+
+    def fail(obj: Any) -> Any:
+        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+    c_encoder = c_make(None, fail, encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+
+    def encode(tree: Any) -> str:
+        return "".join(c_encoder(tree, 0))
+
+    return encode
 
 
-def pack_json(tree: Any) -> str:
-    return _encode(tree)
+#: ``pack_json(tree)`` is ``json.dumps(tree, separators=(",", ":"))``, faster.
+pack_json = _make_encoder()
+_decode = json.JSONDecoder().decode
 
 
 def unpack_json(text: Any) -> Any:
-    if not isinstance(text, str):
+    """``json.loads`` for str or UTF-8 bytes."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text).decode()
+    elif not isinstance(text, str):
         raise TypeError("malformed message header")
-    return json.loads(text)
+    return _decode(text)
 
 
 def array_from_buffer(node: list[Any], buffers: tuple[Any, ...], writable_copy: bool) -> np.ndarray:
