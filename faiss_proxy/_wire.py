@@ -211,16 +211,22 @@ def _make_encoder() -> Any:
 
 #: ``pack_json(tree)`` is ``json.dumps(tree, separators=(",", ":"))``, faster.
 pack_json = _make_encoder()
-_decode = json.JSONDecoder().decode
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # the C scanner
 
 
 def unpack_json(text: Any) -> Any:
-    """``json.loads`` for str or UTF-8 bytes."""
+    """``json.loads`` for str or UTF-8 bytes (one JSON value, no surrounding space)."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         text = bytes(text).decode()
     elif not isinstance(text, str):
         raise TypeError("malformed message header")
-    return _decode(text)
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        raise ValueError("malformed message header: not JSON") from None
+    if end != len(text):
+        raise ValueError("malformed message header: trailing data")
+    return value
 
 
 def array_from_buffer(node: list[Any], buffers: tuple[Any, ...], writable_copy: bool) -> np.ndarray:

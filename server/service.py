@@ -78,7 +78,10 @@ class ThreadPolicy:
         self._local = threading.local()
 
     def apply(self, arrays: list[np.ndarray]) -> None:
-        rows = max((a.shape[0] for a in arrays if a.ndim >= 1), default=0)
+        rows = 0
+        for a in arrays:
+            if a.ndim and a.shape[0] > rows:
+                rows = a.shape[0]
         wanted = self.max_threads if rows >= self.min_rows else 1
         if getattr(self._local, "threads", None) != wanted:
             self._omp_set(wanted)
@@ -267,19 +270,25 @@ class FaissService:
 
         # Arrays the call might write into: snapshot them to detect writes.
         watch: list[tuple[int | str, np.ndarray, np.ndarray]] = []
-        for i, v in enumerate(pos):
-            if isinstance(v, np.ndarray) and name not in READ_ONLY_INPUT_METHODS:
-                watch.append((i, v, v.copy()))
-        for k, v in kw.items():
-            if isinstance(v, np.ndarray):
-                watch.append((k, v, v.copy()))
+        seen: list[tuple[int, int | str]] = []
+        if arrays:
+            read_only = name in READ_ONLY_INPUT_METHODS
+            for i, v in enumerate(pos):
+                if type(v) is np.ndarray:
+                    seen.append((id(v), i))
+                    if not read_only:
+                        watch.append((i, v, v.copy()))
+            for k, v in kw.items():
+                if type(v) is np.ndarray:
+                    seen.append((id(v), k))
+                    watch.append((k, v, v.copy()))
 
         self.policy.apply(arrays)
         result = fn(*pos, **kw)
 
-        seen: list[tuple[int, int | str]] = [(id(v), i) for i, v in enumerate(pos) if isinstance(v, np.ndarray)]
-        seen += [(id(v), k) for k, v in kw.items() if isinstance(v, np.ndarray)]
-        object_args = tuple(v for v in (*pos, *kw.values()) if _is_faiss_object(v))
+        object_args = tuple(v for v in pos if _is_faiss_object(v))
+        if kw:
+            object_args += tuple(v for v in kw.values() if _is_faiss_object(v))
         out = w.Packer()
         node = r.encode(result, out, keep=(*keep, *object_args), seen=seen)
         writebacks = [[where, out.array(array)] for where, array, before in watch if not _same(array, before)]
