@@ -1,0 +1,73 @@
+"""The frame channel: limits, and reuse of large receive buffers without aliasing."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from faiss_proxy._transport import HEADER, FrameChannel, ProtocolError
+
+
+def _pair(max_frame: int = 1 << 30) -> tuple[FrameChannel, FrameChannel]:
+    a, b = socket.socketpair()
+    return FrameChannel(a, max_frame), FrameChannel(b, max_frame)
+
+
+def _send(tx: FrameChannel, frame: Any) -> threading.Thread:
+    """Send from another thread: a large frame does not fit the socket buffer."""
+    t = threading.Thread(target=tx.send, args=(frame,))
+    t.start()
+    return t
+
+
+def test_large_buffers_are_reused_only_when_free() -> None:
+    tx, rx = _pair()
+    big = np.arange(300_000, dtype=np.uint8)
+    t = _send(tx, (b"m1", [big]))
+    assert rx.recv() == b"m1"
+    t.join()
+    first = rx.attachment(0)
+    np.testing.assert_array_equal(first, big)
+    held = first  # the caller keeps the array: it must not be overwritten
+    del first
+    rx._local.attachments = []
+    t = _send(tx, (b"m2", [big[::-1].copy()]))
+    assert rx.recv() == b"m2"
+    t.join()
+    second = rx.attachment(0)
+    np.testing.assert_array_equal(held, big)  # untouched
+    np.testing.assert_array_equal(second, big[::-1])
+    assert not np.shares_memory(held, second)
+    del held, second
+    rx._local.attachments = []
+    t = _send(tx, (b"m3", [big]))
+    rx.recv()
+    t.join()
+    third = rx.attachment(0)
+    np.testing.assert_array_equal(third, big)
+    assert np.shares_memory(third, rx._spare)  # reused once nothing referred to it
+
+
+def test_small_frames_and_several_attachments() -> None:
+    tx, rx = _pair()
+    parts = [np.full(n, n % 251, dtype=np.uint8) for n in (0, 1, 100, 70_000)]
+    for i in range(3):
+        t = _send(tx, (b"x" * i, parts))
+        assert rx.recv() == b"x" * i
+        t.join()
+        for j, p in enumerate(parts):
+            np.testing.assert_array_equal(rx.attachment(j), p)
+    with pytest.raises(ValueError):
+        rx.attachment(99)
+
+
+def test_frame_over_the_limit_closes_without_allocating() -> None:
+    tx, rx = _pair(max_frame=1000)
+    tx.sock.sendall(HEADER.pack(2000, 0, 0))
+    with pytest.raises(ProtocolError, match=r"malformed frame header|exceeds"):
+        rx.recv()
+    assert rx.closed
