@@ -68,6 +68,7 @@ SEQ = struct.Struct("!Q")
 _json_encode = pack_json
 _json_decode = unpack_json
 HEADER = struct.Struct("!IIB")
+_unpack_header = HEADER.unpack_from
 LENGTH = struct.Struct("!Q")
 MAX_ATTACHMENTS = 4096
 DEFAULT_MAX_FRAME = 1 << 30
@@ -124,32 +125,39 @@ class FrameChannel:
             raise EOFError("connection closed")
         if self._end > self._start:
             return True
-        left = (timeout if isinstance(timeout, Timeout) else Timeout(timeout)).timeleft()
+        if type(timeout) is float:
+            left: float | None = timeout
+        else:
+            left = (timeout if isinstance(timeout, Timeout) else Timeout(timeout)).timeleft()
         return bool(self._poller.poll(None if left is None else max(0, int(left * 1000))))
 
     def recv(self) -> bytes:
         self._local.attachments = ()  # drop the previous frame's buffers first
-        self._ensure(HEADER.size)
-        meta_len, count, flags = HEADER.unpack_from(self._buf, self._start)
+        if self._end - self._start < HEADER.size:
+            self._ensure(HEADER.size)
+        buf = self._buf
+        meta_len, count, flags = _unpack_header(buf, self._start)
         if flags != 0 or count > MAX_ATTACHMENTS or meta_len > self.max_frame:
             self.close()
             raise ProtocolError("malformed frame header")
         head = HEADER.size + LENGTH.size * count
-        self._ensure(head)
-        lengths = struct.unpack_from(f"!{count}Q", self._buf, self._start + HEADER.size) if count else ()
+        if self._end - self._start < head:
+            self._ensure(head)
+        lengths = struct.unpack_from(f"!{count}Q", buf, self._start + HEADER.size) if count else ()
         body = meta_len + sum(lengths)
         if body > self.max_frame:
             self.close()
             raise ProtocolError(f"frame of {body} bytes exceeds the limit of {self.max_frame}")
-        if head + body <= len(self._buf):
+        if head + body <= len(buf):
             # A small frame: parse it out of the read buffer.
-            self._ensure(head + body)
+            if self._end - self._start < head + body:
+                self._ensure(head + body)
             pos = self._start + head
             meta = bytes(self._view[pos : pos + meta_len])
             pos += meta_len
             attachments = []
             for n in lengths:
-                attachments.append(np.frombuffer(self._buf, np.uint8, n, pos).copy())
+                attachments.append(np.frombuffer(buf, np.uint8, n, pos).copy())
                 pos += n
             self._start = pos
         else:
@@ -157,9 +165,9 @@ class FrameChannel:
             meta = self._read_exact(meta_len)
             attachments = []
             for n in lengths:
-                buf = self._buffer(n)
-                self._read_into(memoryview(buf))  # type: ignore[arg-type]
-                attachments.append(buf)
+                large = self._buffer(n)
+                self._read_into(memoryview(large))  # type: ignore[arg-type]
+                attachments.append(large)
         self._local.attachments = attachments
         return meta
 
