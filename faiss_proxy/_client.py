@@ -234,7 +234,7 @@ class Connection:
             return node
         tag = node[0]
         if tag == w.ND:
-            return w.array_from_buffer(node, buffers, writable_copy=True)
+            return w.array_from_buffer(node, buffers)
         if tag == w.OBJ:
             return self.client.make_proxy(self, refs[node[1]], node[2])
         if tag == w.TUP:
@@ -261,7 +261,7 @@ class Connection:
         for where, node in writebacks:
             target = args[where] if isinstance(where, int) else kwargs.get(where)
             if isinstance(target, np.ndarray):
-                np.copyto(target, w.array_from_buffer(node, buffers, writable_copy=False), casting="unsafe")
+                np.copyto(target, w.array_from_buffer(node, buffers), casting="unsafe")
         return self.decode(result, buffers, refs, args, kwargs)
 
     # --- operations ------------------------------------------------------------------

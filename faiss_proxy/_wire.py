@@ -6,7 +6,8 @@ element access is a network round trip (and whose ``__array__`` is a known code
 execution path).  And brine, with RPyC's boxing around it, is pure Python: a call
 with a couple of arrays costs a hundred nested dump/load steps per direction.
 
-So a call's values travel as three flat parts, in one RPyC request:
+So a call's values travel as three flat parts, in one message (the hot operations
+use the transport's brine-free fast path, see :mod:`faiss_proxy._transport`):
 
 * a JSON **header** (parsed by the C JSON codec) describing the values, with
   tagged list nodes for everything that is not a plain number or string:
@@ -14,11 +15,12 @@ So a call's values travel as three flat parts, in one RPyC request:
   ``[OBJ, j]`` / ``[OBJ, j, class]`` the server object ``refs[j]``,
   ``[TUP, ...]``, ``[LST, ...]``, ``[DCT, [k, v], ...]``, ``[SCA, dtype, value]``,
   ``[BYT, i]`` for ``bytes``;
-* a tuple of **buffers**: small arrays inline as ``bytes``, large ones as a
-  :class:`Blob` that the transport sends raw after the message and the receiver
-  reads straight into the buffer that becomes the array
-  (see :mod:`faiss_proxy._transport`) -- never pickled, never copied into brine;
-* a tuple of **refs**: RPyC netrefs of opaque server handles.
+* a tuple of **buffers**: each array as a :class:`Blob` that the transport sends
+  raw after the message, from the array's own memory; the receiver reads it into
+  the buffer that becomes the array -- never pickled, never serialized element by
+  element;
+* a tuple of **refs**: RPyC netrefs of opaque server handles (named on the wire by
+  their RPyC id-packs, so their lifetime stays RPyC's).
 
 Only plain numeric dtypes are accepted; an object array can never be decoded.
 """
@@ -36,7 +38,6 @@ __all__ = [
     "pack_json",
     "unpack_json",
     "array_from_buffer",
-    "INLINE_BYTES",
     "BYT",
     "ND",
     "TUP",
@@ -62,10 +63,6 @@ SCA = "\x00s"  # a NumPy scalar: (SCA, dtype str, bytes)
 MTH = "\x00m"  # an attribute that is a bound method: (MTH, name)
 ARG = "\x00a"  # a result that *is* one of the caller's arguments: (ARG, position | name)
 BYT = "\x00b"  # a bytes value: (BYT, buffer index)
-
-#: Arrays up to this size travel inline in the RPyC message; larger ones as raw
-#: attachments (one ``recv_into`` straight into the final buffer).
-INLINE_BYTES = 1 << 16
 
 #: Little-endian numeric dtypes FAISS takes or returns; nothing else is decoded.
 ALLOWED_DTYPES = frozenset(
@@ -157,22 +154,18 @@ def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
 class Packer:
     """Collects the buffers and refs of one message while its header is built."""
 
-    __slots__ = ("buffers", "inline", "refs")
+    __slots__ = ("buffers", "refs")
 
-    def __init__(self, inline: bool = False) -> None:
+    def __init__(self) -> None:
         self.buffers: list[Any] = []
         self.refs: list[Any] = []
-        self.inline = inline
 
     def array(self, array: np.ndarray) -> list[Any]:
         code = _check_dtype(array.dtype)
         if array.ndim > MAX_NDIM:
             raise ValueError(f"arrays of more than {MAX_NDIM} dimensions are not supported")
         contiguous = array if array.flags.c_contiguous else np.ascontiguousarray(array)
-        if self.inline and contiguous.nbytes <= INLINE_BYTES:
-            self.buffers.append(contiguous.tobytes())
-        else:
-            self.buffers.append(Blob(contiguous))
+        self.buffers.append(Blob(contiguous))
         return [ND, code, list(contiguous.shape), len(self.buffers) - 1]
 
     def scalar(self, value: np.generic) -> list[Any]:
@@ -229,16 +222,12 @@ def unpack_json(text: Any) -> Any:
     return value
 
 
-def array_from_buffer(node: list[Any], buffers: tuple[Any, ...], writable_copy: bool) -> np.ndarray:
-    """Decode an ``[ND, dtype, shape, i]`` node against the message's buffers."""
+def array_from_buffer(node: list[Any], buffers: tuple[Any, ...]) -> np.ndarray:
+    """Decode an ``[ND, dtype, shape, i]`` node against the message's buffers
+    (the received uint8 arrays); the result is a writable view, not a copy."""
     if len(node) != 4 or type(node[3]) is not int or not 0 <= node[3] < len(buffers):
         raise ValueError("malformed array reference")
     shape = node[2]
     if not isinstance(shape, list):
         raise ValueError("refused array shape: not a list")
-    buf = buffers[node[3]]
-    if isinstance(buf, bytes):
-        # inline: copy, so the array is writable like any FAISS result
-        raw = np.frombuffer(buf, dtype=np.uint8)
-        buf = raw.copy() if writable_copy else raw
-    return decode_array(node[1], tuple(shape), buf)
+    return decode_array(node[1], tuple(shape), buffers[node[3]])

@@ -341,7 +341,7 @@ class Reflection:
             raise TypeError("malformed argument")
         tag = node[0]
         if tag == w.ND:
-            array = w.array_from_buffer(node, buffers, writable_copy=True)
+            array = w.array_from_buffer(node, buffers)
             arrays.append(array)
             return array
         if tag == w.TUP:

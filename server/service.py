@@ -1,11 +1,14 @@
 """The RPyC service a tenant worker runs for one client session.
 
-The service exposes six operations and nothing else (RPyC's ``exposed_`` prefix,
-with ``_rpyc_getattr`` refusing every other name):
+Over RPyC proper (``_rpyc_getattr`` refuses every other name) the service exposes
+three cold operations:
 
 ``hello``       server and faiss versions
 ``namespace``   the allow-listed faiss names (see :mod:`.reflection`)
 ``describe``    methods and properties of a class, for the client's proxy classes
+
+and over the transport's brine-free fast path (``fast_operation``) five hot ones:
+
 ``new``         construct a faiss class: ``faiss.IndexFlatL2(d)``
 ``function``    call a module function: ``faiss.index_factory(d, "IVF64,Flat")``
 ``call``        call a method on a server object: ``index.search(x, k)``
