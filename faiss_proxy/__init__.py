@@ -49,18 +49,27 @@ _current: Client | None = None
 _configured = False
 
 
-def configure(api_url: str | None = None, api_key: str | None = None, timeout: float | None = None) -> None:
+def configure(
+    api_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float | None = None,
+    spin_us: float | None = None,
+) -> None:
     """Point this module at a faiss-proxy server.
 
-    Arguments left out are read from ``FAISS_PROXY_URL``, ``FAISS_PROXY_API_KEY``
-    and ``FAISS_PROXY_TIMEOUT`` (seconds a call may take; default 600).  With no URL
-    at all, the module uses the local faiss package.
+    Arguments left out are read from ``FAISS_PROXY_URL``, ``FAISS_PROXY_API_KEY``,
+    ``FAISS_PROXY_TIMEOUT`` (seconds a call may take; default 600) and
+    ``FAISS_PROXY_SPIN_US`` (microseconds to busy-wait for a reply before sleeping;
+    default 500, 0 turns it off).  With no URL at all, the module uses the local
+    faiss package.
     """
     global _current, _configured
     url = api_url if api_url is not None else _os.environ.get("FAISS_PROXY_URL", "")
     key = api_key if api_key is not None else _os.environ.get("FAISS_PROXY_API_KEY", "")
     if timeout is None:
         timeout = float(_os.environ.get("FAISS_PROXY_TIMEOUT", "600") or 600)
+    if spin_us is None:
+        spin_us = float(_os.environ.get("FAISS_PROXY_SPIN_US", "500") or 0)
     with _lock:
         if _current is not None:
             _current.close()
@@ -68,7 +77,7 @@ def configure(api_url: str | None = None, api_key: str | None = None, timeout: f
         if url:
             if not key:
                 raise ValueError("faiss_proxy.configure: an API key is needed (api_key= or FAISS_PROXY_API_KEY)")
-            _current = Client(url, key, timeout=timeout)
+            _current = Client(url, key, timeout=timeout, spin_us=spin_us)
         _configured = True
 
 

@@ -151,3 +151,16 @@ def test_client_files_round_trip(remote: ModuleType, local_faiss: ModuleType, da
     binary.add(np.zeros((3, 8), "uint8"))
     faiss_proxy.write_index_binary(binary, tmp_path / "b.index")
     assert faiss_proxy.read_index_binary(tmp_path / "b.index").ntotal == 3
+
+
+@pytest.mark.parametrize("spin_us", [0, 50_000])
+def test_reply_wait_with_and_without_spinning(server: LiveServer, tenant: tuple[str, str], spin_us: int) -> None:
+    from faiss_proxy._client import Client
+
+    c = Client(server.url, tenant[1], spin_us=spin_us)
+    index = c.lookup("IndexFlatL2")(8)
+    x = np.random.RandomState(3).rand(100, 8).astype("float32")
+    index.add(x)
+    for _ in range(5):
+        assert index.search(x[:3], 1)[1].ravel().tolist() == [0, 1, 2]
+    c.close()
