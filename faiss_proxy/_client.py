@@ -163,7 +163,10 @@ class Connection:
         return bool(self.rpc.closed)
 
     def close(self) -> None:
+        """Close at once: the worker frees the session's objects when it sees EOF
+        (RPyC's own close would first wait for the worker to acknowledge)."""
         try:
+            self.rpc._channel.close()
             self.rpc.close()
         except Exception:
             pass
@@ -385,6 +388,8 @@ class Client:
         self, url: str, api_key: str, timeout: float = 600.0, max_message_mb: int = 1024, spin_us: float = 500.0
     ) -> None:
         _parse_url(url)
+        if not api_key or not api_key.isascii() or not api_key.isprintable() or any(c.isspace() for c in api_key):
+            raise ValueError("an API key is printable ASCII without spaces (as 'faiss-proxy key create' prints it)")
         self.url = url
         self.api_key = api_key
         self.timeout = float(timeout)

@@ -132,3 +132,11 @@ def test_unknown_route_has_error_shape(server: LiveServer) -> None:
     status, body = get_json(server.url + "/v1/nope")
     assert status == 404
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+
+
+def test_keys_that_could_inject_headers_are_refused_client_side() -> None:
+    from faiss_proxy._client import Client
+
+    for bad in ("", "abc\r\nX-Evil: 1", "a b", "ключ"):
+        with pytest.raises(ValueError, match="API key"):
+            Client("http://127.0.0.1:9", bad)
