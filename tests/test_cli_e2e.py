@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 from .conftest import CliServer, get_json
 
@@ -49,6 +50,15 @@ def test_readme_flow(cli_server: CliServer) -> None:
     assert run.stdout.strip() == "OK 2000"
     log = cli_server.log()
     assert "op=rpc" in log and "tenant=acme" in log and "status=101" in log
+    # one line per RPC session: tenant, key id, calls, errors, duration, outcome
+    # (written by the worker when it sees the client's socket close)
+    deadline = time.monotonic() + 10
+    while "rpc session tenant=acme" not in log and time.monotonic() < deadline:
+        time.sleep(0.1)
+        log = cli_server.log()
+    session_lines = [line for line in log.splitlines() if "rpc session tenant=acme" in line]
+    assert session_lines and "outcome=closed" in session_lines[-1] and "duration=" in session_lines[-1]
+    assert key not in log  # keys are never logged
 
 
 def test_tenant_and_key_commands_while_serving(cli_server: CliServer) -> None:

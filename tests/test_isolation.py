@@ -133,3 +133,16 @@ def test_tenants_get_separate_processes(server: LiveServer) -> None:
     assert len(pids) == 3 and os.getpid() not in pids
     for c in clients:
         c.close()
+
+
+def test_worker_that_cannot_start_is_a_clear_503(tmp_path: Path) -> None:
+    # 64 MiB of data segment is not enough to import faiss: the worker dies at start.
+    live = start_server(tmp_path, worker_memory_limit_mb=64, worker_start_timeout=20.0)
+    try:
+        name, key = live.new_tenant("nostart")
+        c = Client(live.url, key, timeout=30)
+        with pytest.raises(ConnectionError, match="HTTP 503.*failed to start"):
+            c.lookup("IndexFlatL2")
+        assert live.worker_pid(name) is None
+    finally:
+        live.stop()
