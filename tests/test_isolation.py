@@ -141,7 +141,7 @@ def test_worker_that_cannot_start_is_a_clear_503(tmp_path: Path) -> None:
     try:
         name, key = live.new_tenant("nostart")
         c = Client(live.url, key, timeout=30)
-        with pytest.raises(ConnectionError, match="HTTP 503.*failed to start"):
+        with pytest.raises(ConnectionError, match=r"HTTP 503.*failed to start"):
             c.lookup("IndexFlatL2")
         assert live.worker_pid(name) is None
     finally:
