@@ -65,8 +65,6 @@ MSG_FAST_REQUEST = 0x41
 MSG_FAST_REPLY = 0x42
 MSG_FAST_ERROR = 0x43
 SEQ = struct.Struct("!Q")
-_json_encode = pack_json
-_json_decode = unpack_json
 HEADER = struct.Struct("!IIB")
 _unpack_header = HEADER.unpack_from
 LENGTH = struct.Struct("!Q")
@@ -148,19 +146,11 @@ class FrameChannel:
         view = self._view[self._end :]
         while True:
             try:
-                n = self.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+                self._end += self._recv_into(view, socket.MSG_DONTWAIT)
+                return True
             except BlockingIOError:
                 if time.perf_counter() > deadline:
                     return False
-                continue
-            except OSError as exc:
-                self.close()
-                raise EOFError(str(exc)) from exc
-            if n == 0:
-                self.close()
-                raise EOFError("connection closed by peer")
-            self._end += n
-            return True
 
     def recv(self) -> bytes:
         self._local.attachments = ()  # drop the previous frame's buffers first
@@ -262,9 +252,13 @@ class FrameChannel:
             raise EOFError(str(exc)) from exc
 
     # --- buffered reading -------------------------------------------------------------
-    def _recv_into(self, view: memoryview) -> int:
+    def _recv_into(self, view: memoryview, flags: int = 0) -> int:
+        """One ``recv_into``; a closed or broken socket closes the channel.
+        (With ``MSG_DONTWAIT``, "no data yet" surfaces as ``BlockingIOError``.)"""
         try:
-            n = self.sock.recv_into(view)
+            n = self.sock.recv_into(view, 0, flags)
+        except BlockingIOError:
+            raise
         except OSError as exc:
             self.close()
             raise EOFError(str(exc)) from exc
@@ -452,7 +446,7 @@ class ClientConnection(FramedConnection):
         if target is not None:
             idpacks.append(target.____id_pack__)
             target_index = len(idpacks) - 1
-        body = _json_encode([op, name, target_index, idpacks, tree])
+        body = pack_json([op, name, target_index, idpacks, tree])
         meta = bytes((MSG_FAST_REQUEST,)) + SEQ.pack(seq) + body.encode()
         try:
             self._send_raw(meta, _attachments(buffers))
@@ -502,7 +496,7 @@ class ClientConnection(FramedConnection):
             return
         try:
             (seq,) = SEQ.unpack_from(data, 1)
-            body = _json_decode(data[1 + SEQ.size :])
+            body = unpack_json(data[1 + SEQ.size :])
             if msg == MSG_FAST_REPLY:
                 tree, idpacks = body
                 refs = tuple(self._unbox((consts.LABEL_REMOTE_REF, tuple(p))) for p in idpacks) if idpacks else ()
@@ -618,7 +612,7 @@ class ServerConnection(FramedConnection):
             raise ProtocolError("short fast request")
         (seq,) = SEQ.unpack_from(data, 1)
         try:
-            op, name, target_index, idpacks, tree = _json_decode(data[1 + SEQ.size :])
+            op, name, target_index, idpacks, tree = unpack_json(data[1 + SEQ.size :])
             refs = tuple(self._local_objects[tuple(p)] for p in idpacks)
             target = refs[target_index] if target_index is not None else None
         except Exception as exc:
@@ -633,7 +627,7 @@ class ServerConnection(FramedConnection):
             handler = self._local_root.fast_operation(op)
             out_tree, out_buffers, out_refs = handler(target, name, tree, buffers, refs)
             idpacks = [self._box(h)[1] for h in out_refs]
-            body = _json_encode([out_tree, idpacks])
+            body = pack_json([out_tree, idpacks])
             meta = bytes((MSG_FAST_REPLY,)) + SEQ.pack(seq) + body.encode()
             attachments = _attachments(out_buffers)
         except Exception as exc:

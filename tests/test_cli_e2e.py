@@ -36,6 +36,12 @@ def _client_env(cli_server: CliServer, key: str) -> dict[str, str]:
     return env
 
 
+def _run_client(cli_server: CliServer, key: str, code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], env=_client_env(cli_server, key), capture_output=True, text=True, timeout=120
+    )
+
+
 def test_readme_flow(cli_server: CliServer) -> None:
     status, body = get_json(cli_server.url + "/v1/health")
     assert status == 200 and body["status"] == "ok"
@@ -43,9 +49,7 @@ def test_readme_flow(cli_server: CliServer) -> None:
     created = cli_server.cli("key", "create", "acme")
     key = created.stdout.strip().splitlines()[-1]
     assert key.count(".") == 2  # a JWT, alone on the last line
-    run = subprocess.run(
-        [sys.executable, "-c", CLIENT], env=_client_env(cli_server, key), capture_output=True, text=True, timeout=120
-    )
+    run = _run_client(cli_server, key, CLIENT)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "OK 2000"
     log = cli_server.log()
@@ -77,26 +81,14 @@ def test_tenant_and_key_commands_while_serving(cli_server: CliServer) -> None:
     assert (tenant, scope, state, name) == ("beta", "read-only", "active", "ci")
     assert key_id.startswith("k_")
 
-    ok = subprocess.run(
-        [sys.executable, "-c", "import faiss_proxy as f; print(f.IndexFlatL2(4).ntotal)"],
-        env=_client_env(cli_server, key),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    ok = _run_client(cli_server, key, "import faiss_proxy as f; print(f.IndexFlatL2(4).ntotal)")
     assert ok.returncode == 0 and ok.stdout.strip() == "0", ok.stderr
 
     assert "revoked key" in cli_server.cli("key", "revoke", key_id).stdout
     assert "\trevoked\t" in cli_server.cli("key", "list").stdout
     again = cli_server.cli("key", "revoke", key_id, check=False)
     assert again.returncode == 1 and "already revoked" in again.stderr
-    refused = subprocess.run(
-        [sys.executable, "-c", "import faiss_proxy as f; f.IndexFlatL2(4)"],
-        env=_client_env(cli_server, key),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused = _run_client(cli_server, key, "import faiss_proxy as f; f.IndexFlatL2(4)")
     assert refused.returncode != 0 and "AuthenticationError" in refused.stderr and "revoked" in refused.stderr
 
     assert "deleted tenant beta" in cli_server.cli("tenant", "delete", "beta").stdout
