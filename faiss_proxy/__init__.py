@@ -15,6 +15,10 @@ alias of the local ``faiss`` package (if installed).
 
 Files stay on the client: :func:`write_index` serializes on the server and
 writes the bytes here; :func:`read_index` reads here and uploads.
+
+Named indexes are durable and shared by every client of the tenant (RPC and
+REST): :func:`create_index`, :func:`open_index`, :func:`list_indexes`,
+:func:`drop_index`.
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ __all__ = [
     "read_index_binary",
     "vector_to_array",
     "vector_float_to_array",
+    "create_index",
+    "open_index",
+    "list_indexes",
+    "drop_index",
 ]
 
 _lock = _threading.Lock()
@@ -192,3 +200,47 @@ def vector_to_array(v: _Any) -> _Any:
 
 
 vector_float_to_array = vector_to_array
+
+
+# --- named indexes ----------------------------------------------------------------------
+def _server(what: str) -> Client:
+    c = client()
+    if c is None:
+        raise RuntimeError(
+            f"faiss_proxy.{what}: named indexes live on a faiss-proxy server; "
+            "call faiss_proxy.configure(api_url=..., api_key=...) or set FAISS_PROXY_URL"
+        )
+    return c
+
+
+def create_index(
+    name: str, dimension: int, index_type: str = "Flat", metric: str = "L2", params: dict[str, int] | None = None
+) -> _Any:
+    """Create a durable named index shared by all of the tenant's clients; returns it.
+
+    ``index_type`` is an ``index_factory`` string (``"HNSW32"``, ``"IVF256,PQ16"``)
+    or a class name (``"IndexHNSWFlat"``, with ``params`` such as ``{"M": 32}``);
+    ``metric`` is ``"L2"`` or ``"IP"``.  Types without ids of their own are wrapped in
+    ``IndexIDMap2`` (add vectors with ``add_with_ids``).  Raises ValueError if the
+    name is taken."""
+    args: dict[str, _Any] = {"index_type": index_type, "metric": metric}
+    if params is not None:
+        args["params"] = params
+    return _server("create_index").connection().named("create", (name, dimension), args)
+
+
+def open_index(name: str) -> _Any:
+    """The named index ``name`` (KeyError if there is none).  Every change made
+    through it is logged durably before the call returns."""
+    return _server("open_index").connection().named("open", (name,), {})
+
+
+def list_indexes() -> list[dict[str, _Any]]:
+    """Information on each named index of the tenant (name, dimension, ntotal, ...)."""
+    result: list[dict[str, _Any]] = _server("list_indexes").connection().named("list", (), {})
+    return result
+
+
+def drop_index(name: str) -> None:
+    """Delete the named index ``name`` and its files."""
+    _server("drop_index").connection().named("drop", (name,), {})

@@ -278,6 +278,10 @@ class Connection:
     def call(self, obj: RemoteObject, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return self._round_trip("call", (name, self._ref(obj)), args, kwargs)
 
+    def named(self, action: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Named-index operations: ``create``, ``open``, ``list``, ``drop``."""
+        return self._round_trip("named", (action, None), args, kwargs)
+
     def getattr(self, obj: RemoteObject, name: str) -> Any:
         (node, _), buffers, refs = self.fast("getattr", name, self._ref(obj), None, (), ())
         if type(node) is list and node and node[0] == w.MTH:

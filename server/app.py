@@ -2,12 +2,16 @@
 
 Routes (this module keeps them thin; the work is in the catalog and supervisor):
 
-``GET /v1/health``  liveness, no authentication
-``GET /v1/rpc``     the RPC upgrade: ``Connection: Upgrade``, ``Upgrade: faiss-proxy-rpc``
-                    and ``Authorization: Bearer <key>``.  A missing, malformed,
-                    tampered, expired or revoked key gets 401 before any RPyC byte
-                    is read.  On success the gateway answers ``101 Switching
-                    Protocols`` and passes the socket to the tenant's worker.
+``GET /v1/health``        liveness, no authentication
+``GET /v1/openapi.json``  the REST API's description, no authentication
+``GET /v1/metrics``       request counters in Prometheus text format
+``GET /v1/rpc``           the RPC upgrade: ``Connection: Upgrade``, ``Upgrade: faiss-proxy-rpc``
+                          and ``Authorization: Bearer <key>``.  A missing, malformed,
+                          tampered, expired or revoked key gets 401 before any RPyC byte
+                          is read.  On success the gateway answers ``101 Switching
+                          Protocols`` and passes the socket to the tenant's worker.
+``/v1/index...``          the REST facade on named indexes: authenticated here, run
+                          in the tenant's worker (:mod:`.rest`, :mod:`.restchannel`).
 
 Every REST error has one JSON shape, ``{"error": {"code": ..., "message": ...}}``,
 and every request is logged on one line with tenant, operation, status and duration.
@@ -27,7 +31,9 @@ from faiss_proxy import __version__
 
 from .catalog import Catalog, Principal
 from .config import Settings
-from .errors import BadRequest, NotFound, ProxyError, Unauthorized
+from .errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ProxyError, Unauthorized
+from .openapi import openapi_spec
+from .rest import MUTATING_OPERATIONS
 from .supervisor import Supervisor
 
 __all__ = ["make_app", "RPC_PROTOCOL"]
@@ -140,6 +146,149 @@ class RpcUpgradeHandler(BaseHandler):
             stream.close()
 
 
+@tornado.web.stream_request_body
+class RestHandler(BaseHandler):
+    """A REST operation on named indexes, forwarded to the tenant's worker.
+
+    Subclasses map HTTP methods to operation names; the URL's groups become the
+    operation's ``index`` and ``vector`` arguments.  The key is checked, and a
+    read-only key refused for mutations, before the body is read."""
+
+    methods: tuple[tuple[str, str], ...] = ()  # (HTTP method, operation)
+    groups: tuple[str, ...] = ()
+
+    def prepare(self) -> None:
+        self._body = bytearray()
+        op = dict(self.methods).get(self.request.method or "")
+        if op is None:
+            raise tornado.web.HTTPError(405)
+        self.operation = op
+        principal = self.authenticate()
+        if op in MUTATING_OPERATIONS and principal.read_only:
+            raise Forbidden(f"this API key is read-only; '{op}' changes data")
+        self.principal = principal
+        limit = self.proxy_settings.max_body_mb * 1024 * 1024
+        self._limit = limit
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(f"request body over {self.proxy_settings.max_body_mb} MiB (max_body_mb)")
+        connection: Any = self.request.connection
+        if connection is not None:
+            connection.set_max_body_size(limit)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body += chunk
+
+    @property
+    def proxy_settings(self) -> Settings:
+        settings: Settings = self.application.settings["proxy_settings"]
+        return settings
+
+    async def _forward(self, *args: str) -> None:
+        path = dict(zip(self.groups, args, strict=True))
+        query = {k: v[-1].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()}
+        counters: Counters = self.application.settings["counters"]
+        status, body = await self.supervisor.rest(self.principal.tenant, self.operation, path, query, bytes(self._body))
+        counters.count(self.principal.tenant, self.operation, status)
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
+
+    async def get(self, *args: str) -> None:
+        await self._forward(*args)
+
+    async def post(self, *args: str) -> None:
+        await self._forward(*args)
+
+    async def delete(self, *args: str) -> None:
+        await self._forward(*args)
+
+
+class IndexesHandler(RestHandler):
+    methods = (("GET", "list"), ("POST", "create"))
+
+
+class IndexHandler(RestHandler):
+    methods = (("GET", "info"), ("DELETE", "drop"))
+    groups = ("index",)
+
+
+class VectorsHandler(RestHandler):
+    methods = (("POST", "upsert"),)
+    groups = ("index",)
+
+
+class VectorHandler(RestHandler):
+    methods = (("GET", "get_vector"), ("DELETE", "delete_vector"))
+    groups = ("index", "vector")
+
+
+class SearchHandler(RestHandler):
+    methods = (("GET", "search"), ("POST", "search"))
+    groups = ("index",)
+
+
+class TrainHandler(RestHandler):
+    methods = (("POST", "train"),)
+    groups = ("index",)
+
+
+class NtotalHandler(RestHandler):
+    methods = (("GET", "ntotal"),)
+    groups = ("index",)
+
+
+class ResetHandler(RestHandler):
+    methods = (("POST", "reset"),)
+    groups = ("index",)
+
+
+class SpecializedSearchHandler(RestHandler):
+    methods = (("POST", "specialized_search"),)
+    groups = ("index",)
+
+
+class OpenApiHandler(BaseHandler):
+    operation = "openapi"
+
+    def get(self) -> None:
+        self.write_json(200, openapi_spec(__version__))
+
+
+class Counters:
+    """Request counts by tenant, operation and status (the operations issue adds more)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}
+
+    def count(self, tenant: str, op: str, status: int) -> None:
+        key = (tenant, op, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+
+class MetricsHandler(BaseHandler):
+    operation = "metrics"
+
+    def get(self) -> None:
+        counters: Counters = self.application.settings["counters"]
+        lines = [
+            "# HELP faiss_proxy_rest_requests_total REST requests on named indexes.",
+            "# TYPE faiss_proxy_rest_requests_total counter",
+        ]
+        for (tenant, op, status), n in sorted(counters.requests.items()):
+            lines.append(f'faiss_proxy_rest_requests_total{{tenant="{tenant}",operation="{op}",status="{status}"}} {n}')
+        lines += [
+            "# HELP faiss_proxy_workers Tenant worker processes running.",
+            "# TYPE faiss_proxy_workers gauge",
+            f"faiss_proxy_workers {len(self.supervisor.workers)}",
+            "# HELP faiss_proxy_worker_restarts_total Tenant workers that died (signal or error exit).",
+            "# TYPE faiss_proxy_worker_restarts_total counter",
+            f"faiss_proxy_worker_restarts_total {self.supervisor.restarts}",
+        ]
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish("\n".join(lines) + "\n")
+
+
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     if getattr(handler, "_fp_logged", False):
         return
@@ -163,8 +312,20 @@ def make_app(settings: Settings, catalog: Catalog, supervisor: Supervisor) -> to
         [
             (r"/v1/health", HealthHandler),
             (r"/v1/rpc", RpcUpgradeHandler),
+            (r"/v1/openapi.json", OpenApiHandler),
+            (r"/v1/metrics", MetricsHandler),
+            (r"/v1/index/?", IndexesHandler),
+            (r"/v1/index/([^/]+)", IndexHandler),
+            (r"/v1/index/([^/]+)/vectors", VectorsHandler),
+            (r"/v1/index/([^/]+)/vectors/([^/]+)", VectorHandler),
+            (r"/v1/index/([^/]+)/search", SearchHandler),
+            (r"/v1/index/([^/]+)/train", TrainHandler),
+            (r"/v1/index/([^/]+)/ntotal", NtotalHandler),
+            (r"/v1/index/([^/]+)/reset", ResetHandler),
+            (r"/v1/index/([^/]+)/specialized_search", SpecializedSearchHandler),
         ],
         catalog=catalog,
+        counters=Counters(),
         supervisor=supervisor,
         proxy_settings=settings,
         started=time.monotonic(),

@@ -79,6 +79,22 @@ SETTINGS: tuple[Setting, ...] = (
         1024,
         "Largest RPC message (arguments or results of one call) in MiB; larger frames close the session.",
     ),
+    Setting("max_body_mb", int, 256, "Largest REST request body in MiB; larger bodies get 413."),
+    Setting("max_k", int, 1024, "Largest k (results per query) a REST search may ask for."),
+    Setting("max_batch", int, 100_000, "Most vectors (or queries) in one REST request."),
+    Setting("rest_threads", int, 8, "Threads per tenant worker running REST requests."),
+    Setting(
+        "snapshot_wal_mb",
+        float,
+        256.0,
+        "Write-ahead log size (MiB) after which a named index is snapshotted and its log compacted.",
+    ),
+    Setting(
+        "snapshot_interval",
+        float,
+        300.0,
+        "Seconds after which a named index with logged changes is snapshotted anyway.",
+    ),
     Setting("log_level", str, "info", "Log level: debug, info, warning or error."),
 )
 
@@ -95,6 +111,12 @@ class Settings:
     omp_threads: int = 0
     omp_min_rows: int = 32
     max_message_mb: int = 1024
+    max_body_mb: int = 256
+    max_k: int = 1024
+    max_batch: int = 100_000
+    rest_threads: int = 8
+    snapshot_wal_mb: float = 256.0
+    snapshot_interval: float = 300.0
     log_level: str = "info"
 
     @property

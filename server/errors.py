@@ -14,6 +14,9 @@ __all__ = [
     "NotFound",
     "Conflict",
     "ServiceUnavailable",
+    "PayloadTooLarge",
+    "StorageError",
+    "OutOfMemory",
 ]
 
 
@@ -24,6 +27,12 @@ class ProxyError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def as_builtin(self) -> Exception:
+        """The same error for a Python client (``faiss_proxy.open_index`` of a missing
+        name raises KeyError, a duplicate name ValueError, ...)."""
+        cls = _BUILTIN.get(self.status, RuntimeError)
+        return cls(self.message)
 
 
 class BadRequest(ProxyError):
@@ -54,3 +63,30 @@ class Conflict(ProxyError):
 class ServiceUnavailable(ProxyError):
     status = 503
     code = "unavailable"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    code = "payload_too_large"
+
+
+class StorageError(ProxyError):
+    status = 500
+    code = "storage_error"
+
+
+class OutOfMemory(ProxyError):
+    status = 507
+    code = "out_of_memory"
+
+
+_BUILTIN: dict[int, type[Exception]] = {
+    400: ValueError,
+    401: PermissionError,
+    403: PermissionError,
+    404: KeyError,
+    409: ValueError,
+    413: ValueError,
+    503: ConnectionError,
+    507: MemoryError,
+}

@@ -202,11 +202,15 @@ class Handle:
     produced it), so a sub-object can never outlive the memory it refers to.
     """
 
-    __slots__ = ("__weakref__", "keep", "obj")
+    __slots__ = ("__weakref__", "keep", "named", "obj", "path")
 
-    def __init__(self, obj: Any, keep: tuple[Any, ...] = ()) -> None:
+    def __init__(self, obj: Any, keep: tuple[Any, ...] = (), named: Any = None, path: tuple[Any, ...] = ()) -> None:
         self.obj = obj
         self.keep = keep
+        # For objects of a named index: the index, and the steps from it to ``obj``
+        # (see faiss_proxy_server.named), so changes through them are logged.
+        self.named = named
+        self.path = path
 
     def _rpyc_getattr(self, name: str) -> Any:
         raise AttributeError("access denied")
@@ -376,12 +380,20 @@ class Reflection:
             return raw
         raise TypeError("malformed argument")
 
-    def encode(self, value: Any, out: w.Packer, keep: tuple[Any, ...], seen: Iterable[tuple[int, Any]] = ()) -> Any:
+    def encode(
+        self,
+        value: Any,
+        out: w.Packer,
+        keep: tuple[Any, ...],
+        seen: Iterable[tuple[int, Any]] = (),
+        origin: tuple[Any, tuple[Any, ...]] | None = None,
+    ) -> Any:
         """Turn a faiss result into a header node for the client.
 
         ``keep`` is what a returned object must keep alive; ``seen`` pairs
         ``(id(argument), position)`` so that a result which *is* a caller's array
-        (``search(..., D=D, I=I)``) comes back as a reference to it."""
+        (``search(..., D=D, I=I)``) comes back as a reference to it; ``origin``
+        ``(named index, path)`` marks a returned object as part of a named index."""
         if type(value) in _PLAIN:
             if type(value) is bytes:
                 return out.raw(value)
@@ -410,6 +422,8 @@ class Reflection:
             if vector is not None:
                 return vector
             if self.class_allowed(cls):
+                if origin is not None:
+                    return out.ref(Handle(value, keep, origin[0], origin[1]), name)
                 return out.ref(Handle(value, keep), name)
         raise TypeError(f"values of type {cls.__module__}.{name} are not returned by faiss-proxy")
 

@@ -33,7 +33,9 @@ class Server:
 
     async def start(self) -> None:
         self.sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
-        self.http = tornado.httpserver.HTTPServer(self.app, xheaders=False)
+        self.http = tornado.httpserver.HTTPServer(
+            self.app, xheaders=False, max_body_size=self.settings.max_body_mb * 1024 * 1024
+        )
         self.http.add_sockets(self.sockets)
         self.supervisor.start()
 

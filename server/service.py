@@ -25,6 +25,7 @@ Each call also applies the worker's OpenMP policy (:class:`ThreadPolicy`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -36,6 +37,8 @@ import numpy as np
 
 from faiss_proxy import _wire as w
 
+from .errors import ProxyError
+from .named import PATH_FUNCTIONS, READ_FUNCTIONS, READ_METHODS, NamedIndex, NamedIndexStore
 from .reflection import Handle, Reflection, check_attribute
 
 __all__ = ["FaissService", "ThreadPolicy", "SessionStats", "READ_ONLY_INPUT_METHODS"]
@@ -85,6 +88,9 @@ class ThreadPolicy:
         for a in arrays:
             if a.ndim and a.shape[0] > rows:
                 rows = a.shape[0]
+        self.apply_rows(rows)
+
+    def apply_rows(self, rows: int) -> None:
         wanted = self.max_threads if rows >= self.min_rows else 1
         if getattr(self._local, "threads", None) != wanted:
             self._omp_set(wanted)
@@ -112,6 +118,8 @@ def _builtin_exception(exc: Exception) -> Exception:
     faiss's own errors already are ``RuntimeError``/``AssertionError``/...)"""
     if type(exc).__module__ == "builtins":
         return exc
+    if isinstance(exc, ProxyError):
+        return exc.as_builtin()
     for base in type(exc).__mro__[1:]:
         if base.__module__ == "builtins" and issubclass(base, Exception):
             return base(str(exc))
@@ -142,16 +150,19 @@ Reply = tuple[Any, tuple[Any, ...], tuple[Any, ...]]
 
 #: Operations over RPyC proper (cold path) and over the fast path (hot).
 _EXPOSED = frozenset({"hello", "namespace", "describe"})
-_FAST = frozenset({"new", "function", "call", "getattr", "setattr"})
+_FAST = frozenset({"new", "function", "call", "getattr", "setattr", "named"})
 
 
 class FaissService:
     """One client session's view of the tenant's faiss (see module doc)."""
 
-    def __init__(self, reflection: Reflection, policy: ThreadPolicy, version: str) -> None:
+    def __init__(
+        self, reflection: Reflection, policy: ThreadPolicy, version: str, store: NamedIndexStore | None = None
+    ) -> None:
         self.reflection = reflection
         self.policy = policy
         self.version = version
+        self.store = store
         self.stats = SessionStats()
         self._fast_ops: dict[str, Callable[..., Reply]] = {op: getattr(self, "op_" + op) for op in _FAST}
 
@@ -195,6 +206,11 @@ class FaissService:
     @_operation
     def op_new(self, target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
         cls = self.reflection.class_by_name(name)
+        if _named_of(refs) is not None:
+            raise ValueError(
+                f"a named index cannot be passed to faiss.{name}(): it could then change without being logged; "
+                "use faiss.clone_index(index) for a private copy"
+            )
         return self._invoke(cls, name, tree, buffers, refs, keep=())
 
     @_operation
@@ -204,7 +220,18 @@ class FaissService:
             return self._omp_set_num_threads(tree)
         if name == "omp_get_max_threads":
             return [self.policy.max_threads, []], (), ()
-        return self._invoke(fn, name, tree, buffers, refs, keep=())
+        origin = _named_of(refs)
+        if origin is None:
+            return self._invoke(fn, name, tree, buffers, refs, keep=())
+        if name not in READ_FUNCTIONS:
+            raise ValueError(
+                f"a named index cannot be passed to faiss.{name}(): it could then change without being logged; "
+                "use faiss.clone_index(index) for a private copy"
+            )
+        named, path = origin
+        with named.reading():
+            step = (*path, ("fn", name)) if name in PATH_FUNCTIONS else None
+            return self._invoke(fn, name, tree, buffers, refs, keep=(), origin=None if step is None else (named, step))
 
     @_operation
     def op_call(self, target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
@@ -212,17 +239,27 @@ class FaissService:
         method = getattr(obj, check_attribute(name))
         if not callable(method):
             raise TypeError(f"'{type(method).__name__}' object is not callable")
+        if target.named is not None:
+            return self._named_call(target, name, method, tree, buffers, refs)
+        if _named_of(tuple(r for r in refs if r is not target)) is not None and name not in READ_METHODS:
+            raise ValueError(
+                f"a named index cannot be passed to {type(obj).__name__}.{name}(): it could then change without "
+                "being logged; use faiss.clone_index(index) for a private copy"
+            )
         return self._invoke(method, name, tree, buffers, refs, keep=(obj,))
 
     @_operation
     def op_getattr(self, target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
         obj = self._unwrap(target)
-        value = getattr(obj, check_attribute(name))
-        if callable(value) and not isinstance(value, np.ndarray) and not _is_faiss_object(value):
-            return [[w.MTH, name], []], (), ()
-        out = w.Packer()
-        node = self.reflection.encode(value, out, keep=(obj,))
-        return out.message([node, []])
+        named: NamedIndex | None = target.named
+        with named.reading() if named is not None else _NO_LOCK:
+            value = getattr(obj, check_attribute(name))
+            if callable(value) and not isinstance(value, np.ndarray) and not _is_faiss_object(value):
+                return [[w.MTH, name], []], (), ()
+            out = w.Packer()
+            origin = None if named is None else (named, (*target.path, ("attr", name)))
+            node = self.reflection.encode(value, out, keep=(obj,), origin=origin)
+            return out.message([node, []])
 
     @_operation
     def op_setattr(self, target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
@@ -232,6 +269,14 @@ class FaissService:
         if not isinstance(cls_attr, property) and name not in getattr(obj, "__dict__", {}):
             raise AttributeError(f"'{type(obj).__name__}' object has no attribute '{name}'")
         _check_message(buffers, refs)
+        if target.named is not None:
+            named: NamedIndex = target.named
+            _refuse_objects(named, f"setting {name}", refs, target)
+            header, blob = _log_record("setattr", target.path, name, tree, buffers)
+            named.write(header, blob)
+            return [None, []], (), ()
+        if _named_of(tuple(r for r in refs if r is not target)) is not None:
+            raise ValueError("a named index cannot be stored inside another object; use faiss.clone_index(index)")
         decoded = self.reflection.decode(tree, buffers, refs, [])
         setattr(obj, name, decoded)
         if _is_faiss_object(decoded):
@@ -242,6 +287,77 @@ class FaissService:
             else:
                 obj.referenced_objects = [decoded]
         return [None, []], (), ()
+
+    @_operation
+    def op_named(self, target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
+        """``create_index`` / ``open_index`` / ``list_indexes`` / ``drop_index``."""
+        if self.store is None:
+            raise RuntimeError("named indexes are not available in this worker")
+        _check_message(buffers, refs)
+        if type(tree) is not list or len(tree) != 2 or type(tree[0]) is not list or type(tree[1]) is not list:
+            raise TypeError("malformed call")
+        args = [self.reflection.decode(a, buffers, refs, []) for a in tree[0]]
+        kwargs = {str(k): self.reflection.decode(v, buffers, refs, []) for k, v in tree[1]}
+        store = self.store
+        try:
+            if name == "create":
+                named = store.create(*args, **kwargs)
+            elif name == "open":
+                named = store.open(*args, **kwargs)
+            elif name == "list":
+                infos = [store.open(n).info() for n in store.names()]
+                out = w.Packer()
+                return out.message([self.reflection.encode(infos, out, keep=()), []])
+            elif name == "drop":
+                store.drop(*args, **kwargs)
+                return [None, []], (), ()
+            else:
+                raise AttributeError("access denied")
+        except ProxyError as exc:
+            raise exc.as_builtin() from None
+        out = w.Packer()
+        node = self.reflection.encode(named.index, out, keep=(), origin=(named, ()))
+        return out.message([node, []])
+
+    def _named_call(self, target: Handle, name: str, method: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
+        named: NamedIndex = target.named
+        if name in READ_METHODS:
+            with named.reading():
+                return self._invoke(method, name, tree, buffers, refs, keep=(target.obj,))
+        _refuse_objects(named, f"{name}()", refs, target)
+        header, blob = _log_record("call", target.path, name, tree, buffers)
+        try:
+            result: Reply = named.write(header, blob)
+        except ProxyError as exc:
+            raise exc.as_builtin() from None
+        return result
+
+    def apply_logged(self, named: NamedIndex, header: dict[str, Any], blob: memoryview) -> Reply:
+        """Apply a logged ``call``/``setattr`` record to ``named`` (live and on replay)."""
+        sizes = header["sizes"]
+        data = np.frombuffer(bytearray(blob), dtype=np.uint8)  # writable, like received buffers
+        buffers, offset = [], 0
+        for size in sizes:
+            buffers.append(data[offset : offset + size])
+            offset += size
+        obj = named.index
+        for kind, step in header["path"]:
+            obj = getattr(obj, check_attribute(step)) if kind == "attr" else self.reflection.function(step)(obj)
+        if header["op"] == "setattr":
+            setattr(
+                obj, check_attribute(header["name"]), self.reflection.decode(header["tree"], tuple(buffers), (), [])
+            )
+            return [None, []], (), ()
+        method_name = check_attribute(header["method"])
+        method = getattr(obj, method_name)
+        at_root = not header["path"]
+        before = int(named.index.ntotal)
+        reply, pos, kw = self._invoke(
+            method, method_name, header["tree"], tuple(buffers), (), keep=(obj,), with_args=True
+        )
+        if at_root:
+            _sync_registry(named, method_name, before, pos, kw)
+        return reply
 
     # helpers ---------------------------------------------------------------------------
     def _unwrap(self, handle: Any) -> Any:
@@ -257,8 +373,16 @@ class FaissService:
         return [None, []], (), ()
 
     def _invoke(
-        self, fn: Callable[..., Any], name: str, call: Any, buffers: Any, refs: Any, keep: tuple[Any, ...]
-    ) -> Reply:
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        call: Any,
+        buffers: Any,
+        refs: Any,
+        keep: tuple[Any, ...],
+        origin: tuple[Any, tuple[Any, ...]] | None = None,
+        with_args: bool = False,
+    ) -> Any:
         _check_message(buffers, refs)
         if type(call) is not list or len(call) != 2 or type(call[0]) is not list or type(call[1]) is not list:
             raise TypeError("malformed call")
@@ -293,9 +417,57 @@ class FaissService:
         if kw:
             object_args += tuple(v for v in kw.values() if _is_faiss_object(v))
         out = w.Packer()
-        node = r.encode(result, out, keep=(*keep, *object_args), seen=seen)
+        node = r.encode(result, out, keep=(*keep, *object_args), seen=seen, origin=origin)
         writebacks = [[where, out.array(array)] for where, array, before in watch if not _same(array, before)]
-        return out.message([node, writebacks])
+        reply = out.message([node, writebacks])
+        return (reply, pos, kw) if with_args else reply
+
+
+_NO_LOCK = contextlib.nullcontext()
+
+
+def _named_of(refs: Any) -> tuple[NamedIndex, tuple[Any, ...]] | None:
+    """(named index, path) of the first argument that is part of a named index."""
+    if type(refs) is tuple:
+        for ref in refs:
+            if isinstance(ref, Handle) and ref.named is not None:
+                return ref.named, ref.path
+    return None
+
+
+def _refuse_objects(named: NamedIndex, what: str, refs: Any, target: Handle) -> None:
+    """Logged changes carry only values (the call's own target is not an argument)."""
+    if any(ref is not target for ref in refs):
+        raise TypeError(
+            f"{what} on named index '{named.name}': faiss objects cannot be arguments of a logged change; "
+            "pass arrays and numbers (for example remove_ids(np.array(ids, dtype='int64')))"
+        )
+
+
+def _log_record(op: str, path: tuple[Any, ...], name: str, tree: Any, buffers: Any) -> tuple[dict[str, Any], bytes]:
+    key = "name" if op == "setattr" else "method"
+    header = {"op": op, "path": [list(step) for step in path], key: name, "tree": tree}
+    header["sizes"] = [int(b.nbytes) for b in buffers]
+    blob = b"".join(b.tobytes() for b in buffers)
+    return header, blob
+
+
+def _sync_registry(named: NamedIndex, method: str, before: int, pos: list[Any], kw: dict[str, Any]) -> None:
+    """Keep the registry's ids in step with Python-side changes of the index."""
+    registry = named.registry
+    if method == "add":
+        registry.put_plain(range(before, int(named.index.ntotal)))
+    elif method == "add_with_ids":
+        ids = pos[1] if len(pos) > 1 else kw.get("ids")
+        if isinstance(ids, np.ndarray):
+            registry.put_plain(ids.reshape(-1).tolist())
+    elif method == "remove_ids":
+        ids = pos[0] if pos else kw.get("x", kw.get("sel"))
+        if isinstance(ids, np.ndarray):
+            for ident in ids.reshape(-1).tolist():
+                registry.discard(int(ident))
+    elif method == "reset":
+        registry.clear()
 
 
 def _check_message(buffers: Any, refs: Any) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from .config import Settings
 from .errors import ServiceUnavailable
+from .restchannel import RestClient
 
 __all__ = ["Supervisor", "WorkerProcess"]
 
@@ -38,7 +39,9 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes]
     control: socket.socket
     ready: asyncio.Future[int]
+    rest: RestClient
     sessions: int = 0
+    inflight: int = 0
     last_active: float = field(default_factory=time.monotonic)
     alive: bool = True
 
@@ -82,9 +85,22 @@ class Supervisor:
             raise ServiceUnavailable(f"worker for tenant '{tenant}' failed to start") from exc
         return worker
 
+    async def rest(
+        self, tenant: str, op: str, path: dict[str, str], query: dict[str, str], body: bytes
+    ) -> tuple[int, bytes]:
+        """Run one REST operation in ``tenant``'s worker (see :mod:`.restchannel`)."""
+        worker = await self.worker_for(tenant)
+        worker.inflight += 1
+        try:
+            return await worker.rest.request(op, path, query, body)
+        finally:
+            worker.inflight -= 1
+            worker.last_active = time.monotonic()
+
     def _spawn(self, tenant: str) -> WorkerProcess:
         s = self.settings
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        rest_parent, rest_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env.setdefault("MALLOC_ARENA_MAX", "2")
         # Idle OpenMP threads sleep instead of spinning: on a shared host, spinning
@@ -111,12 +127,28 @@ class Supervisor:
             str(s.max_message_mb),
             "--log-level",
             s.log_level,
+            "--rest-fd",
+            str(rest_child.fileno()),
+            "--data-dir",
+            str(s.data_path / "tenants" / tenant),
+            "--rest-threads",
+            str(s.rest_threads),
+            "--max-k",
+            str(s.max_k),
+            "--max-batch",
+            str(s.max_batch),
+            "--snapshot-wal-mb",
+            str(s.snapshot_wal_mb),
+            "--snapshot-interval",
+            str(s.snapshot_interval),
         ]
-        proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, pass_fds=[child.fileno(), rest_child.fileno()], env=env, stdin=subprocess.DEVNULL)
         child.close()
+        rest_child.close()
         parent.setblocking(False)
+        rest_parent.setblocking(False)
         loop = asyncio.get_running_loop()
-        worker = WorkerProcess(tenant, proc, parent, loop.create_future())
+        worker = WorkerProcess(tenant, proc, parent, loop.create_future(), RestClient(rest_parent))
         loop.add_reader(parent.fileno(), self._on_control, worker)
         log.info("worker started tenant=%s pid=%d", tenant, proc.pid)
         return worker
@@ -148,6 +180,7 @@ class Supervisor:
         if not worker.alive:
             return
         worker.alive = False
+        worker.rest.close()
         try:
             asyncio.get_running_loop().remove_reader(worker.control.fileno())
         except (RuntimeError, ValueError, OSError):
@@ -184,7 +217,11 @@ class Supervisor:
             for tenant, worker in list(self.workers.items()):
                 if worker.proc.poll() is not None:
                     self._forget(worker, "process exited")
-                elif worker.sessions == 0 and now - worker.last_active > self.settings.worker_idle_timeout:
+                elif (
+                    worker.sessions == 0
+                    and worker.inflight == 0
+                    and now - worker.last_active > self.settings.worker_idle_timeout
+                ):
                     self.stop_worker(tenant, "idle")
 
     def shutdown(self) -> None:

@@ -27,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 __all__ = ["main", "WorkerOptions"]
@@ -45,6 +46,13 @@ class WorkerOptions(argparse.Namespace):
     omp_min_rows: int
     max_message_mb: int
     log_level: str
+    rest_fd: int
+    data_dir: str
+    rest_threads: int
+    max_k: int
+    max_batch: int
+    snapshot_wal_mb: float
+    snapshot_interval: float
 
 
 def _parse(argv: list[str] | None) -> WorkerOptions:
@@ -57,6 +65,13 @@ def _parse(argv: list[str] | None) -> WorkerOptions:
     p.add_argument("--omp-min-rows", type=int, default=32)
     p.add_argument("--max-message-mb", type=int, default=1024)
     p.add_argument("--log-level", default="info")
+    p.add_argument("--rest-fd", type=int, default=-1)
+    p.add_argument("--data-dir", default="")
+    p.add_argument("--rest-threads", type=int, default=8)
+    p.add_argument("--max-k", type=int, default=1024)
+    p.add_argument("--max-batch", type=int, default=100_000)
+    p.add_argument("--snapshot-wal-mb", type=float, default=256.0)
+    p.add_argument("--snapshot-interval", type=float, default=300.0)
     return p.parse_args(argv, namespace=WorkerOptions())
 
 
@@ -82,8 +97,10 @@ class Worker:
 
         from faiss_proxy import __version__
 
+        from .named import NamedIndexStore
         from .reflection import Reflection
-        from .service import ThreadPolicy
+        from .rest import RestApi, RestLimits
+        from .service import FaissService, ThreadPolicy
 
         self.opts = opts
         self.faiss = faiss
@@ -93,6 +110,25 @@ class Worker:
         self.policy = ThreadPolicy(faiss.omp_set_num_threads, opts.omp_threads or cores, opts.omp_min_rows)
         self.control = socket.socket(fileno=opts.control_fd)
         self._send_lock = threading.Lock()
+        # Named indexes: replayed log records that are Python-side method calls go
+        # through the same service code as live calls.
+        replayer = FaissService(self.reflection, self.policy, self.version)
+        self.store = NamedIndexStore(
+            faiss,
+            Path(opts.data_dir or ".") / "indexes",
+            replayer.apply_logged,
+            snapshot_wal_mb=opts.snapshot_wal_mb,
+            snapshot_interval=opts.snapshot_interval,
+        )
+        replayer.store = self.store
+        self.rest = RestApi(self.store, self.policy.apply_rows, RestLimits(opts.max_k, opts.max_batch))
+
+    def terminate(self, *_: Any) -> None:
+        """SIGTERM (idle stop, server shutdown): snapshot what changed, then exit."""
+        try:
+            self.store.close(snapshot=True)
+        finally:
+            os._exit(0)
 
     def notify(self, **event: Any) -> None:
         data = json.dumps(event).encode()
@@ -103,6 +139,11 @@ class Worker:
                 pass
 
     def run(self) -> None:
+        from .restchannel import RestServer
+
+        self.store.start()
+        if self.opts.rest_fd >= 0:
+            RestServer(socket.socket(fileno=self.opts.rest_fd), self.rest.handle, self.opts.rest_threads).start()
         self.notify(event="ready", pid=os.getpid())
         while True:
             try:
@@ -135,7 +176,7 @@ class Worker:
         from .service import FaissService
 
         self.notify(event="open")
-        service = FaissService(self.reflection, self.policy, self.version)
+        service = FaissService(self.reflection, self.policy, self.version, self.store)
         started = time.monotonic()
         outcome = "closed"
         try:
@@ -179,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent()
     _limit_memory(opts.memory_limit_mb)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    Worker(opts).run()
+    worker = Worker(opts)
+    signal.signal(signal.SIGTERM, worker.terminate)
+    worker.run()
 
 
 if __name__ == "__main__":

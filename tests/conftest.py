@@ -217,3 +217,55 @@ def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
         live.proc.wait(20)
     except subprocess.TimeoutExpired:
         live.proc.kill()
+
+
+class Rest:
+    """A tiny REST client for tests: ``rest.post(path, body) -> (status, json)``."""
+
+    def __init__(self, base: str, key: str | None, header: str = "Authorization") -> None:
+        self.base = base.rstrip("/")
+        self.key = key
+        self.header = header
+
+    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        if self.key is not None:
+            headers[self.header] = f"Bearer {self.key}" if self.header == "Authorization" else self.key
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                payload = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as err:
+            payload = err.read()
+            status = err.code
+        try:
+            return status, json.loads(payload) if payload else None
+        except ValueError:
+            return status, payload.decode("utf-8", "replace")
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return self.call("GET", path)
+
+    def post(self, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+        return self.call("POST", path, body if body is not None or raw is not None else {}, raw)
+
+    def delete(self, path: str) -> tuple[int, Any]:
+        return self.call("DELETE", path)
+
+
+@pytest.fixture
+def rest(server: LiveServer, tenant: tuple[str, str]) -> Rest:
+    """A REST client for a fresh tenant of the in-process server."""
+    return Rest(server.url, tenant[1])
+
+
+def vector_items(x: np.ndarray, ids: list[str], metadata: list[Any] | None = None) -> list[dict[str, Any]]:
+    items = []
+    for i, (row, ident) in enumerate(zip(x, ids, strict=True)):
+        item: dict[str, Any] = {"id": ident, "values": row.tolist()}
+        if metadata is not None:
+            item["metadata"] = metadata[i]
+        items.append(item)
+    return items

@@ -1,0 +1,367 @@
+"""Named indexes: shared by RPC and REST, durable across crashes, guarded by locks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import faiss
+import numpy as np
+import pytest
+
+import faiss_proxy
+from faiss_proxy_server.storage import WriteAheadLog, encode_record
+
+from .conftest import Dataset, LiveServer, Rest, launch_cli_server, run_cli, start_server, vector_items
+
+
+def kill_worker(server: LiveServer, tenant: str) -> None:
+    """SIGKILL the tenant's worker and wait until the gateway has noticed."""
+    pid = server.worker_pid(tenant)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while server.worker_pid(tenant) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.worker_pid(tenant) is None
+
+
+@pytest.fixture
+def both(server: LiveServer) -> Iterator[tuple[ModuleType, Rest, str]]:
+    """``faiss_proxy`` and a REST client for the same fresh tenant."""
+    name, key = server.new_tenant()
+    faiss_proxy.configure(api_url=server.url, api_key=key, timeout=120)
+    yield faiss_proxy, Rest(server.url, key), name
+    faiss_proxy.configure(api_url="", api_key="")
+
+
+# --- one index, two APIs -----------------------------------------------------------------
+def test_rpc_and_rest_share_one_named_index(both: tuple[ModuleType, Rest, str], dataset: Dataset) -> None:
+    fp, rest, _ = both
+    index = fp.create_index("docs", dataset.d, "Flat")
+    assert isinstance(index, fp.IndexIDMap2)
+    ids = np.arange(1000, dtype="int64")
+    index.add_with_ids(dataset.xb[:1000], ids)
+    # REST sees the RPC vectors, live, under their decimal ids
+    assert rest.get("/v1/index/docs/ntotal") == (200, {"ntotal": 1000})
+    status, body = rest.get("/v1/index/docs/vectors/42")
+    np.testing.assert_array_equal(np.array(body["values"], dtype="float32"), dataset.xb[42])
+    # RPC sees REST vectors
+    rest.post("/v1/index/docs/vectors", {"vectors": vector_items(dataset.xb[1000:1010], [f"r{i}" for i in range(10)])})
+    assert index.ntotal == 1010
+    ref = faiss.IndexFlatL2(dataset.d)
+    ref.add(dataset.xb[:1010])
+    D, I = index.search(dataset.xq, 5)
+    D0, I0 = ref.search(dataset.xq, 5)
+    np.testing.assert_array_equal(I[I0 < 1000], I0[I0 < 1000])
+    np.testing.assert_allclose(D, D0, rtol=1e-5)
+    # a second session opens the same object state
+    again = fp.open_index("docs")
+    assert again.ntotal == 1010
+    infos = fp.list_indexes()
+    assert [i["name"] for i in infos] == ["docs"] and infos[0]["ntotal"] == 1010
+
+
+def test_named_index_errors_are_python_errors(both: tuple[ModuleType, Rest, str]) -> None:
+    fp, rest, _ = both
+    with pytest.raises(KeyError, match="no named index 'missing'"):
+        fp.open_index("missing")
+    fp.create_index("one", 8)
+    with pytest.raises(ValueError, match="already exists"):
+        fp.create_index("one", 8)
+    with pytest.raises(ValueError, match="index names"):
+        fp.create_index("../escape", 8)
+    with pytest.raises(ValueError, match="index_factory"):
+        fp.create_index("two", 8, "NoSuchType")
+    held = fp.open_index("one")
+    fp.drop_index("one")
+    with pytest.raises(KeyError):
+        fp.open_index("one")
+    with pytest.raises(KeyError, match="dropped"):
+        held.search(np.zeros((1, 8), "float32"), 1)
+    assert rest.get("/v1/index")[1] == {"indexes": []}
+
+
+def test_named_index_cannot_escape_the_log(both: tuple[ModuleType, Rest, str], dataset: Dataset) -> None:
+    fp, rest, _ = both
+    index = fp.create_index("guarded", dataset.d)
+    index.add_with_ids(dataset.xb[:10], np.arange(10, dtype="int64"))
+    with pytest.raises(ValueError, match="clone_index"):
+        fp.IndexIDMap(index)
+    with pytest.raises(ValueError, match="clone_index"):
+        fp.IndexShards(dataset.d).add_shard(index)
+    with pytest.raises(TypeError, match="arrays and numbers"):
+        index.remove_ids(fp.IDSelectorRange(0, 5))
+    # reads of a named index and private clones are fine
+    private = fp.clone_index(index)
+    private.reset()
+    assert index.ntotal == 10
+    assert index.remove_ids(np.array([1, 2], dtype="int64")) == 2
+    assert_error_status = rest.get("/v1/index/guarded/vectors/1")[0]
+    assert assert_error_status == 404 and rest.get("/v1/index/guarded/ntotal")[1] == {"ntotal": 8}
+
+
+def test_per_call_search_parameters_over_rpc(both: tuple[ModuleType, Rest, str], dataset: Dataset) -> None:
+    fp, _, _ = both
+    index = fp.create_index("ivf", dataset.d, "IVF32,Flat")
+    index.train(dataset.xt)
+    index.add_with_ids(dataset.xb, np.arange(len(dataset.xb), dtype="int64"))
+    ref = faiss.index_factory(dataset.d, "IVF32,Flat")
+    ref.train(dataset.xt)
+    ref.add(dataset.xb)
+    for nprobe in (1, 8):
+        D, I = index.search(dataset.xq, 5, params=fp.SearchParametersIVF(nprobe=nprobe))
+        D0, I0 = ref.search(dataset.xq, 5, params=faiss.SearchParametersIVF(nprobe=nprobe))
+        np.testing.assert_array_equal(I, I0)
+    assert index.nprobe == 1  # the shared index was not touched
+
+
+def test_concurrent_searches_and_adds(both: tuple[ModuleType, Rest, str], dataset: Dataset) -> None:
+    fp, rest, _ = both
+    index = fp.create_index("busy", dataset.d, "HNSW16")
+    index.add_with_ids(dataset.xb[:1000], np.arange(1000, dtype="int64"))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def searcher() -> None:
+        try:
+            while not stop.is_set():
+                D, I = index.search(dataset.xq, 5)
+                assert (I >= 0).all()
+                status, _ = rest.post("/v1/index/busy/search", {"vector": dataset.xq[0].tolist(), "k": 3})
+                assert status == 200
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for lo in range(1000, 3000, 200):
+        index.add_with_ids(dataset.xb[lo : lo + 200], np.arange(lo, lo + 200, dtype="int64"))
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert index.ntotal == 3000
+
+
+# --- durability --------------------------------------------------------------------------
+def test_changes_survive_worker_crash_and_restart(server: LiveServer, dataset: Dataset) -> None:
+    tenant, key = server.new_tenant()
+    rest = Rest(server.url, key)
+    faiss_proxy.configure(api_url=server.url, api_key=key, timeout=120)
+    try:
+        ivf = faiss_proxy.create_index("ivf", dataset.d, "IVF16,Flat")
+        ivf.train(dataset.xt)
+        ivf.add_with_ids(dataset.xb[:500], np.arange(500, dtype="int64"))
+        ivf.nprobe = 7
+        hnsw = faiss_proxy.create_index("hnsw", dataset.d, "HNSW16")
+        faiss_proxy.downcast_index(hnsw.index).hnsw.efSearch = 77
+        metas = [{"i": i} for i in range(100)]
+        rest.post(
+            "/v1/index/hnsw/vectors", {"vectors": vector_items(dataset.xb[:100], [f"h{i}" for i in range(100)], metas)}
+        )
+        rest.delete("/v1/index/hnsw/vectors/h3")
+        expected = rest.post("/v1/index/ivf/search", {"vectors": dataset.xq.tolist(), "k": 5})[1]
+        kill_worker(server, tenant)
+
+        faiss_proxy.configure(api_url=server.url, api_key=key, timeout=120)
+        ivf = faiss_proxy.open_index("ivf")
+        assert ivf.ntotal == 500 and ivf.nprobe == 7 and ivf.is_trained
+        assert rest.post("/v1/index/ivf/search", {"vectors": dataset.xq.tolist(), "k": 5})[1] == expected
+        hnsw = faiss_proxy.open_index("hnsw")
+        assert faiss_proxy.downcast_index(hnsw.index).hnsw.efSearch == 77
+        assert rest.get("/v1/index/hnsw/ntotal")[1] == {"ntotal": 99}
+        assert rest.get("/v1/index/hnsw/vectors/h3")[0] == 404
+        assert rest.get("/v1/index/hnsw/vectors/h4")[1]["metadata"] == {"i": 4}
+    finally:
+        faiss_proxy.configure(api_url="", api_key="")
+
+
+def test_wal_replay_truncates_a_torn_tail(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.open()
+    for i in range(3):
+        wal.append({"op": "x", "i": i}, bytes([i]) * 10)
+    wal.close()
+    (path,) = tmp_path.glob("wal-*.log")
+    good = path.stat().st_size
+    with open(path, "ab") as fh:
+        fh.write(encode_record(4, {"op": "x"}, b"y" * 100)[0] + b"torn")
+    with caplog.at_level("WARNING", logger="faiss_proxy.storage"):
+        records = list(WriteAheadLog(tmp_path).replay(after=1))
+    assert [(r.seq, r.header["i"], bytes(r.blob)) for r in records] == [(2, 1, b"\x01" * 10), (3, 2, b"\x02" * 10)]
+    assert "truncating" in caplog.text and path.stat().st_size == good
+    # a flipped bit in a record's payload is caught by its checksum
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert len(list(WriteAheadLog(tmp_path).replay(after=0))) == 2
+
+
+def test_corrupt_log_tail_is_truncated_on_load(tmp_path: Path, dataset: Dataset) -> None:
+    live = start_server(tmp_path)
+    try:
+        tenant, key = live.new_tenant()
+        rest = Rest(live.url, key)
+        rest.post("/v1/index", {"name": "c", "dimension": dataset.d})
+        for b in range(3):
+            ids = [f"{b}-{j}" for j in range(10)]
+            assert rest.post("/v1/index/c/vectors", {"vectors": vector_items(dataset.xb[:10] + b, ids)})[0] == 200
+        kill_worker(live, tenant)
+        directory = tmp_path / "tenants" / tenant / "indexes" / "c"
+        logs = sorted(directory.glob("wal-*.log"))
+        assert logs and logs[-1].stat().st_size > 0
+        with open(logs[-1], "ab") as fh:
+            fh.write(b"\x00\x00\x10\x00garbage: a torn record")
+        size_with_garbage = logs[-1].stat().st_size
+        assert rest.get("/v1/index/c/ntotal") == (200, {"ntotal": 30})
+        assert logs[-1].stat().st_size < size_with_garbage
+        # the index keeps working and the next crash loses nothing either
+        rest.post("/v1/index/c/vectors", {"vectors": vector_items(dataset.xb[:1], ["after"])})
+        kill_worker(live, tenant)
+        assert rest.get("/v1/index/c/ntotal") == (200, {"ntotal": 31})
+        assert rest.get("/v1/index/c/vectors/after")[0] == 200
+    finally:
+        live.stop()
+
+
+def test_snapshots_compact_the_log(tmp_path: Path, dataset: Dataset) -> None:
+    live = start_server(tmp_path, snapshot_wal_mb=0.01, snapshot_interval=0.5)
+    try:
+        tenant, key = live.new_tenant()
+        rest = Rest(live.url, key)
+        rest.post("/v1/index", {"name": "s", "dimension": dataset.d})
+        for b in range(20):
+            ids = [f"{b}-{j}" for j in range(50)]
+            rest.post("/v1/index/s/vectors", {"vectors": vector_items(dataset.xb[b * 50 : (b + 1) * 50], ids)})
+        directory = tmp_path / "tenants" / tenant / "indexes" / "s"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and rest.get("/v1/index/s")[1]["wal_bytes"]:
+            time.sleep(0.1)
+        assert rest.get("/v1/index/s")[1]["wal_bytes"] == 0
+        assert sum(p.stat().st_size for p in directory.glob("wal-*.log")) == 0
+        kill_worker(live, tenant)
+        assert rest.get("/v1/index/s/ntotal") == (200, {"ntotal": 1000})
+        assert rest.get("/v1/index/s/vectors/19-49")[0] == 200
+    finally:
+        live.stop()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out += [int(p) for p in text]
+    return out
+
+
+def _wait_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + 10
+    for pid in pids:
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+
+
+def test_sigkill_server_during_acknowledged_adds_loses_nothing(tmp_path: Path, dataset: Dataset) -> None:
+    """The real server, SIGKILLed while REST and RPC clients stream adds: after a
+    restart every acknowledged vector is there, and no batch is half there."""
+    data_dir = tmp_path / "data"
+    live = launch_cli_server(data_dir)
+    run_cli("tenant", "create", "acme", "--data-dir", str(data_dir))
+    key = run_cli("key", "create", "acme", "--data-dir", str(data_dir)).stdout.strip().splitlines()[-1]
+    rest = Rest(live.url, key)
+    assert rest.post("/v1/index", {"name": "rest", "dimension": dataset.d})[0] == 201
+    batch = 20
+    acked_rest: list[int] = []
+    acked_rpc: list[int] = []
+    sent_rest: list[int] = []
+    stop = threading.Event()
+
+    def rest_stream() -> None:
+        b = 0
+        while not stop.is_set():
+            ids = [f"b{b}-{j}" for j in range(batch)]
+            metas = [{"batch": b}] * batch
+            sent_rest.append(b)
+            try:
+                status, _ = rest.post(
+                    "/v1/index/rest/vectors", {"vectors": vector_items(dataset.xb[:batch], ids, metas)}
+                )
+            except OSError:
+                return
+            if status != 200:
+                return
+            acked_rest.append(b)
+            b += 1
+
+    faiss_proxy.configure(api_url=live.url, api_key=key, timeout=30)
+    index = faiss_proxy.create_index("rpc", dataset.d, "Flat")
+
+    def rpc_stream() -> None:
+        b = 0
+        while not stop.is_set():
+            try:
+                index.add_with_ids(dataset.xb[:batch], np.arange(b * batch, (b + 1) * batch, dtype="int64"))
+            except Exception:
+                return
+            acked_rpc.append(b)
+            b += 1
+
+    threads = [threading.Thread(target=rest_stream), threading.Thread(target=rpc_stream)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while (len(acked_rest) < 30 or len(acked_rpc) < 30) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _children(live.proc.pid)
+    live.proc.kill()
+    live.proc.wait(10)
+    stop.set()
+    _wait_gone(workers)
+    for t in threads:
+        t.join(30)
+    faiss_proxy.configure(api_url="", api_key="")
+    assert len(acked_rest) >= 30 and len(acked_rpc) >= 30
+
+    again = launch_cli_server(data_dir)
+    try:
+        rest = Rest(again.url, key)
+        present = 0
+        for b in sent_rest:
+            status, body = rest.post(
+                "/v1/index/rest/search", {"vector": dataset.xb[0].tolist(), "k": 50, "filter": {"batch": b}}
+            )
+            n = len(body["results"])
+            assert n in (0, batch), f"batch {b} is half applied: {n} of {batch}"
+            if b in acked_rest:
+                assert n == batch, f"acknowledged batch {b} was lost"
+            present += n
+        assert rest.get("/v1/index/rest/ntotal")[1]["ntotal"] == present
+        faiss_proxy.configure(api_url=again.url, api_key=key, timeout=60)
+        rpc = faiss_proxy.open_index("rpc")
+        assert rpc.ntotal >= len(acked_rpc) * batch
+        assert rpc.ntotal % batch == 0
+        for b in acked_rpc:
+            np.testing.assert_array_equal(rpc.reconstruct(b * batch + 3), dataset.xb[3])
+    finally:
+        faiss_proxy.configure(api_url="", api_key="")
+        again.proc.terminate()
+        again.proc.wait(30)
+
+
+def test_named_index_info_over_rpc_lists_sizes(both: tuple[ModuleType, Rest, str]) -> None:
+    fp, _, _ = both
+    fp.create_index("a", 4, "IndexHNSWFlat", params={"M": 8})
+    info: dict[str, Any] = fp.list_indexes()[0]
+    assert info["factory"] == "HNSW8" and info["type"] == "IndexIDMap2" and info["size_bytes"] > 0
