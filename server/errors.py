@@ -23,6 +23,7 @@ __all__ = [
 class ProxyError(Exception):
     status = 500
     code = "internal"
+    builtin: type[Exception] | None = None  # what a Python client gets (default: by status)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -31,7 +32,7 @@ class ProxyError(Exception):
     def as_builtin(self) -> Exception:
         """The same error for a Python client (``faiss_proxy.open_index`` of a missing
         name raises KeyError, a duplicate name ValueError, ...)."""
-        cls = _BUILTIN.get(self.status, RuntimeError)
+        cls = self.builtin or _BUILTIN.get(self.status, RuntimeError)
         return cls(self.message)
 
 
@@ -71,13 +72,17 @@ class PayloadTooLarge(ProxyError):
 
 
 class StorageError(ProxyError):
-    status = 500
+    """The data dir could not take a change (disk full, read-only): nothing was changed."""
+
+    status = 507
     code = "storage_error"
+    builtin = OSError
 
 
 class OutOfMemory(ProxyError):
     status = 507
     code = "out_of_memory"
+    builtin = MemoryError
 
 
 _BUILTIN: dict[int, type[Exception]] = {
@@ -88,5 +93,4 @@ _BUILTIN: dict[int, type[Exception]] = {
     409: ValueError,
     413: ValueError,
     503: ConnectionError,
-    507: MemoryError,
 }

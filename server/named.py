@@ -13,12 +13,12 @@ with ids of its own (IVF, ``IDMap``) is kept as it is (IVF gets a hash-table
 direct map, so ``reconstruct`` and ``remove_ids`` work with any id); any other type
 is wrapped in ``IndexIDMap2``, as ``index_factory(d, "IDMap2,HNSW32")`` would.
 
-**Every mutation is logged before it is applied** and acknowledged only after the
-log is on disk.  What is logged is the operation itself (``upsert`` with its ids,
-vectors and metadata; ``delete``; ``train``; ``reset``; or, from Python, a method
-call or attribute change with its arguments), so replaying the log after a crash
-repeats exactly what was acknowledged.  An operation that fails while applied
-fails the same way on replay, where it is skipped with a warning.
+**Every mutation is logged** and acknowledged only after the log is on disk; the
+write lock is held until then, so no reader sees a change a crash could take back.
+What is logged is the operation itself (``upsert`` with its ids, vectors and
+metadata; ``delete``; ``train``; ``reset``; or, from Python, a method call or
+attribute change with its arguments), so replaying the log after a crash repeats
+exactly what was acknowledged.  A change FAISS refuses is not logged.
 
 **Objects reached from a named index** (``index.index``, ``index.hnsw``,
 ``faiss.downcast_index(index)``) remember their path from the index, so
@@ -228,6 +228,7 @@ class NamedIndex:
         self.wal = wal
         self.lock = RWLock()
         self.dropped = False
+        self.gone = "was dropped"
         self.last_snapshot = time.monotonic()
         self._snapshot_lock = threading.Lock()
         self.faiss = store.faiss
@@ -238,7 +239,7 @@ class NamedIndex:
 
     def check_alive(self) -> None:
         if self.dropped:
-            raise NotFound(f"named index '{self.name}' was dropped")
+            raise NotFound(f"named index '{self.name}' {self.gone}")
 
     # --- reads ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -269,13 +270,28 @@ class NamedIndex:
     def write(
         self, header: dict[str, Any], blob: bytes | memoryview = b"", check: Callable[[], None] | None = None
     ) -> Any:
-        """Log one mutation durably, then apply it; the caller's answer waits for both."""
+        """Apply one mutation and log it durably; the caller's answer waits for both.
+
+        Readers are kept out until the record is on disk, so nobody sees a change
+        that a crash could still take back.  A change FAISS refuses is not logged.
+        If the log cannot be written (disk full, read-only), the in-memory index is
+        thrown away and reloaded from disk on next use: it then holds exactly what
+        was acknowledged."""
         with self.lock.write():
             self.check_alive()
             if check is not None:
                 check()
-            self.wal.append(header, blob)
-            return self.apply(header, memoryview(blob))
+            result = self.apply(header, memoryview(blob))
+            try:
+                self.wal.append(header, blob)
+            except OSError as exc:
+                self.store.discard(self, "was reloaded after a storage error; open it again")
+                log.error("named index %s: write-ahead log append failed: %s", self.name, exc)
+                raise StorageError(
+                    f"named index '{self.name}': the change could not be made durable ({exc.strerror or exc}); "
+                    "nothing was changed"
+                ) from None
+            return result
 
     def apply(self, header: dict[str, Any], blob: memoryview) -> Any:
         """Apply one logged mutation (live, and again on replay)."""
@@ -516,6 +532,15 @@ class NamedIndexStore:
             path.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
         log.info("named index %s dropped", name)
+
+    def discard(self, named: NamedIndex, why: str) -> None:
+        """Forget an in-memory index (its files stay); the next open reloads it."""
+        named.dropped = True
+        named.gone = why
+        named.close()
+        with self._lock:
+            if self._loaded.get(named.name) is named:
+                del self._loaded[named.name]
 
     def loaded(self) -> list[NamedIndex]:
         with self._lock:

@@ -72,6 +72,9 @@ class Supervisor:
         worker.last_active = time.monotonic()
 
     async def worker_for(self, tenant: str) -> WorkerProcess:
+        worker = self.workers.get(tenant)
+        if worker is not None and worker.alive and worker.ready.done() and worker.ready.exception() is None:
+            return worker  # the common case: no lock, no timer
         lock = self._starting.setdefault(tenant, asyncio.Lock())
         async with lock:
             worker = self.workers.get(tenant)

@@ -365,3 +365,31 @@ def test_named_index_info_over_rpc_lists_sizes(both: tuple[ModuleType, Rest, str
     fp.create_index("a", 4, "IndexHNSWFlat", params={"M": 8})
     info: dict[str, Any] = fp.list_indexes()[0]
     assert info["factory"] == "HNSW8" and info["type"] == "IndexIDMap2" and info["size_bytes"] > 0
+
+
+def test_a_change_that_cannot_be_logged_changes_nothing(tmp_path: Path, dataset: Dataset) -> None:
+    """Disk full while logging: the caller gets an error and the index is reloaded
+    from disk, so it holds exactly what was acknowledged."""
+    import errno
+
+    from faiss_proxy_server.errors import StorageError
+    from faiss_proxy_server.named import NamedIndexStore
+
+    store = NamedIndexStore(faiss, tmp_path, lambda *a: None)
+    named = store.create("x", dataset.d)
+    ids = np.arange(10, dtype="<i8")
+    header = {"op": "upsert", "n": 10, "labels": [None] * 10, "meta": [None] * 10}
+    named.write(header, ids.tobytes() + dataset.xb[:10].tobytes())
+
+    def full(*args: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    named.wal.append = full  # type: ignore[method-assign]
+    header2 = {"op": "upsert", "n": 10, "labels": [None] * 10, "meta": [None] * 10}
+    with pytest.raises(StorageError, match="No space left"):
+        named.write(header2, (ids + 100).tobytes() + dataset.xb[10:20].tobytes())
+    with pytest.raises(Exception, match="open it again"):
+        named.info()
+    again = store.open("x")
+    assert again is not named and again.index.ntotal == 10 and sorted(again.registry.ids()) == list(range(10))
+    store.close()
