@@ -157,12 +157,20 @@ class FaissService:
     """One client session's view of the tenant's faiss (see module doc)."""
 
     def __init__(
-        self, reflection: Reflection, policy: ThreadPolicy, version: str, store: NamedIndexStore | None = None
+        self,
+        reflection: Reflection,
+        policy: ThreadPolicy,
+        version: str,
+        store: NamedIndexStore | None = None,
+        read_only: bool = False,
     ) -> None:
         self.reflection = reflection
         self.policy = policy
         self.version = version
         self.store = store
+        # A read-only key may search and read named indexes but not change them
+        # (objects private to the session are the caller's own to change).
+        self.read_only = read_only
         self.stats = SessionStats()
         self._fast_ops: dict[str, Callable[..., Reply]] = {op: getattr(self, "op_" + op) for op in _FAST}
 
@@ -271,6 +279,7 @@ class FaissService:
         _check_message(buffers, refs)
         if target.named is not None:
             named: NamedIndex = target.named
+            self._check_writable(named, f"setting {name}")
             _refuse_objects(named, f"setting {name}", refs, target)
             header, blob = _log_record("setattr", target.path, name, tree, buffers)
             named.write(header, blob)
@@ -299,6 +308,8 @@ class FaissService:
         args = [self.reflection.decode(a, buffers, refs, []) for a in tree[0]]
         kwargs = {str(k): self.reflection.decode(v, buffers, refs, []) for k, v in tree[1]}
         store = self.store
+        if self.read_only and name in ("create", "drop"):
+            raise PermissionError(f"this API key is read-only: {name}_index changes data")
         try:
             if name == "create":
                 named = store.create(*args, **kwargs)
@@ -324,6 +335,7 @@ class FaissService:
         if name in READ_METHODS:
             with named.reading():
                 return self._invoke(method, name, tree, buffers, refs, keep=(target.obj,))
+        self._check_writable(named, f"{name}()")
         _refuse_objects(named, f"{name}()", refs, target)
         header, blob = _log_record("call", target.path, name, tree, buffers)
         try:
@@ -360,6 +372,10 @@ class FaissService:
         return reply
 
     # helpers ---------------------------------------------------------------------------
+    def _check_writable(self, named: NamedIndex, what: str) -> None:
+        if self.read_only:
+            raise PermissionError(f"this API key is read-only: {what} would change named index '{named.name}'")
+
     def _unwrap(self, handle: Any) -> Any:
         if not isinstance(handle, Handle):
             raise TypeError("not a remote faiss object")

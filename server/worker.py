@@ -176,7 +176,8 @@ class Worker:
         from .service import FaissService
 
         self.notify(event="open")
-        service = FaissService(self.reflection, self.policy, self.version, self.store)
+        read_only = header.get("scope") == "read-only"
+        service = FaissService(self.reflection, self.policy, self.version, self.store, read_only)
         started = time.monotonic()
         outcome = "closed"
         try:

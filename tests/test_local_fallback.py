@@ -73,3 +73,17 @@ def test_configure_needs_a_key() -> None:
         """
     )
     assert "API key" in run.stdout
+
+
+def test_named_indexes_need_a_server() -> None:
+    run = _run(
+        """
+        import faiss_proxy
+        try:
+            faiss_proxy.open_index("docs")
+        except RuntimeError as exc:
+            print(exc)
+        """
+    )
+    assert run.returncode == 0, run.stderr
+    assert "named indexes live on a faiss-proxy server" in run.stdout and "configure" in run.stdout

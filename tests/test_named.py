@@ -393,3 +393,33 @@ def test_a_change_that_cannot_be_logged_changes_nothing(tmp_path: Path, dataset:
     again = store.open("x")
     assert again is not named and again.index.ntotal == 10 and sorted(again.registry.ids()) == list(range(10))
     store.close()
+
+
+def test_read_only_key_over_rpc_reads_but_never_changes(server: LiveServer, dataset: Dataset) -> None:
+    tenant, key = server.new_tenant()
+    faiss_proxy.configure(api_url=server.url, api_key=key, timeout=60)
+    index = faiss_proxy.create_index("shared", dataset.d, "IVF8,Flat")
+    index.train(dataset.xt)
+    index.add_with_ids(dataset.xb[:100], np.arange(100, dtype="int64"))
+    _, ro_key = server.catalog.create_key(tenant, read_only=True)
+    faiss_proxy.configure(api_url=server.url, api_key=ro_key, timeout=60)
+    try:
+        ro = faiss_proxy.open_index("shared")
+        D, I = ro.search(dataset.xq[:2], 3)
+        assert (I >= 0).all() and ro.nprobe == 1
+        assert faiss_proxy.list_indexes()[0]["ntotal"] == 100
+        for attempt in (
+            lambda: ro.add_with_ids(dataset.xb[:1], np.array([7], dtype="int64")),
+            lambda: ro.remove_ids(np.array([1], dtype="int64")),
+            lambda: ro.reset(),
+            lambda: setattr(ro, "nprobe", 4),
+            lambda: faiss_proxy.create_index("new", 4),
+            lambda: faiss_proxy.drop_index("shared"),
+        ):
+            with pytest.raises(PermissionError, match="read-only"):
+                attempt()
+        private = faiss_proxy.IndexFlatL2(4)  # the session's own objects are its own
+        private.add(np.ones((2, 4), "float32"))
+        assert ro.ntotal == 100 and ro.nprobe == 1
+    finally:
+        faiss_proxy.configure(api_url="", api_key="")
