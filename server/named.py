@@ -174,31 +174,47 @@ class Definition:
         }
 
 
-def factory_string(index_type: Any, dimension: int, metric: str, params: Any) -> tuple[str, str]:
-    """``index_type`` (a class name or an index_factory string) -> (factory, metric)."""
+#: Search/build settings a create request may give for any index type they apply to.
+TUNING_PARAMS = ("efConstruction", "efSearch", "nprobe")
+#: Shape settings of the REST class names (a factory string carries its own).
+SHAPE_PARAMS = ("nlist", "M", "m", "nbits")
+#: Defaults for HNSW indexes created by class name: FAISS's own (40 / 16) give poor
+#: recall when vectors arrive in many small batches, as they do over REST.
+HNSW_CLASS_DEFAULTS = {"efConstruction": 80, "efSearch": 32}
+
+
+def factory_string(index_type: Any, dimension: int, metric: str, params: Any) -> tuple[str, str, dict[str, int]]:
+    """``index_type`` (a class name or an index_factory string) -> (factory, metric, tuning)."""
     if type(index_type) is not str or not index_type.strip():
         raise BadRequest("index_type must be a faiss class name (IndexFlatL2, ...) or an index_factory string")
     if params is not None and not isinstance(params, dict):
         raise BadRequest("params must be a JSON object")
+    params = dict(params or {})
+    for key, value in params.items():
+        if key not in TUNING_PARAMS + SHAPE_PARAMS:
+            raise BadRequest(f"unknown index parameter '{key}' (known: {', '.join(SHAPE_PARAMS + TUNING_PARAMS)})")
+        if type(value) is not int or value <= 0 or value > 1 << 20:
+            raise BadRequest(f"index parameter '{key}' must be a positive integer")
+    tuning = {k: v for k, v in params.items() if k in TUNING_PARAMS}
     entry = CLASS_FACTORIES.get(index_type)
     if entry is None:
         if index_type.startswith("Index") and "," not in index_type:
             raise BadRequest(
                 f"unknown index class '{index_type}'; use one of {sorted(CLASS_FACTORIES)} or an index_factory string"
             )
-        return index_type, metric
+        shape = sorted(set(params) & set(SHAPE_PARAMS))
+        if shape:
+            raise BadRequest(f"{shape} apply to class names; an index_factory string carries its own sizes")
+        return index_type, metric, tuning
     template, forced = entry
     values = dict(_DEFAULT_PARAMS)
     values["m"] = _default_pq_m(dimension)
-    for key, value in (params or {}).items():
-        if key not in ("nlist", "M", "m", "nbits"):
-            raise BadRequest(f"unknown index parameter '{key}' (known: nlist, M, m, nbits)")
-        if type(value) is not int or value <= 0 or value > 1 << 20:
-            raise BadRequest(f"index parameter '{key}' must be a positive integer")
-        values[key] = value
+    values.update({k: v for k, v in params.items() if k in SHAPE_PARAMS})
     if forced is not None and metric != forced:
         raise BadRequest(f"{index_type} always uses metric {forced}")
-    return template.format(**values), metric
+    if template.startswith("HNSW"):
+        tuning = {**HNSW_CLASS_DEFAULTS, **tuning}
+    return template.format(**values), metric, tuning
 
 
 def _default_pq_m(d: int) -> int:
@@ -431,8 +447,8 @@ class NamedIndexStore:
         if type(metric) is not str or metric.upper() not in ("L2", "IP"):
             raise BadRequest("metric must be 'L2' or 'IP'")
         metric = metric.upper()
-        factory, metric = factory_string(index_type, dimension, metric, params)
-        index = self._build(dimension, factory, metric)
+        factory, metric, tuning = factory_string(index_type, dimension, metric, params)
+        index = self._build(dimension, factory, metric, tuning)
         definition = Definition(name, dimension, str(index_type), factory, metric)
         self.directory.mkdir(parents=True, exist_ok=True)
         with self._lock:
@@ -454,7 +470,7 @@ class NamedIndexStore:
         log.info("named index %s created: d=%d %s metric=%s", name, dimension, factory, metric)
         return named
 
-    def _build(self, d: int, factory: str, metric: str) -> Any:
+    def _build(self, d: int, factory: str, metric: str, tuning: dict[str, int]) -> Any:
         faiss = self.faiss
         metric_type = faiss.METRIC_L2 if metric == "L2" else faiss.METRIC_INNER_PRODUCT
         try:
@@ -462,15 +478,30 @@ class NamedIndexStore:
         except (RuntimeError, ValueError, TypeError) as exc:
             raise BadRequest(f"index_factory({d}, {factory!r}) failed: {_first_line(exc)}") from None
         top = faiss.downcast_index(index)
-        if isinstance(top, faiss.IndexIDMap):
-            return index
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None and isinstance(top, (faiss.IndexIVF, faiss.IndexPreTransform)):
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-            return index
         if isinstance(top, faiss.IndexBinary):
             raise BadRequest("binary indexes cannot be named indexes")
-        return faiss.index_factory(d, "IDMap2," + factory, metric_type)
+        ivf = faiss.try_extract_index_ivf(index)
+        if isinstance(top, faiss.IndexIDMap):
+            pass
+        elif ivf is not None and isinstance(top, (faiss.IndexIVF, faiss.IndexPreTransform)):
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        else:
+            index = faiss.index_factory(d, "IDMap2," + factory, metric_type)
+        self._tune(index, tuning)
+        return index
+
+    def _tune(self, index: Any, tuning: dict[str, int]) -> None:
+        faiss = self.faiss
+        inner = faiss.downcast_index(index)
+        while isinstance(inner, (faiss.IndexIDMap, faiss.IndexPreTransform)):
+            inner = faiss.downcast_index(inner.index)
+        for key, value in tuning.items():
+            if key in ("efConstruction", "efSearch") and isinstance(inner, faiss.IndexHNSW):
+                setattr(inner.hnsw, key, value)
+            elif key == "nprobe" and isinstance(inner, faiss.IndexIVF):
+                inner.nprobe = value
+            else:
+                raise BadRequest(f"index parameter '{key}' does not apply to {type(inner).__name__}")
 
     def open(self, name: Any) -> NamedIndex:
         path = self._dir(name)

@@ -360,6 +360,20 @@ def test_sigkill_server_during_acknowledged_adds_loses_nothing(tmp_path: Path, d
         again.proc.wait(30)
 
 
+def test_build_parameters(both: tuple[ModuleType, Rest, str]) -> None:
+    fp, rest, _ = both
+    by_class = fp.create_index("c", 8, "IndexHNSWFlat", params={"M": 8})
+    hnsw = fp.downcast_index(by_class.index).hnsw
+    assert (hnsw.efConstruction, hnsw.efSearch) == (80, 32)  # class names: defaults tuned for batched ingest
+    by_factory = fp.create_index("f", 8, "HNSW8")
+    hnsw = fp.downcast_index(by_factory.index).hnsw
+    assert (hnsw.efConstruction, hnsw.efSearch) == (40, 16)  # factory strings: FAISS's own defaults
+    tuned = fp.create_index("t", 8, "HNSW8", params={"efConstruction": 120, "efSearch": 50})
+    assert fp.downcast_index(tuned.index).hnsw.efConstruction == 120
+    ivf = fp.create_index("i", 8, "IVF4,Flat", params={"nprobe": 3})
+    assert ivf.nprobe == 3
+
+
 def test_named_index_info_over_rpc_lists_sizes(both: tuple[ModuleType, Rest, str]) -> None:
     fp, _, _ = both
     fp.create_index("a", 4, "IndexHNSWFlat", params={"M": 8})

@@ -88,6 +88,12 @@ def test_create_list_info_drop(rest: Rest) -> None:
         ({"name": "x", "dimension": 8, "index_type": "IndexFlatIP", "metric": "L2"}, "metric"),
         ({"name": "x", "dimension": 8, "index_type": "IndexIVFFlat", "params": {"nlist": -1}}, "nlist"),
         ({"name": "x", "dimension": 8, "color": "red"}, "unknown field"),
+        ({"name": "x", "dimension": 8, "index_type": "HNSW32", "params": {"M": 16}}, "factory string"),
+        ({"name": "x", "dimension": 8, "index_type": "Flat", "params": {"efSearch": 16}}, "does not apply"),
+        (
+            {"name": "x", "dimension": 8, "index_type": "IndexIVFFlat", "params": {"bogus": 1}},
+            "unknown index parameter",
+        ),
     ],
 )
 def test_create_rejects_bad_input(rest: Rest, body: dict[str, Any], fragment: str) -> None:
