@@ -82,7 +82,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_body_mb", int, 256, "Largest REST request body in MiB; larger bodies get 413."),
     Setting("max_k", int, 1024, "Largest k (results per query) a REST search may ask for."),
     Setting("max_batch", int, 100_000, "Most vectors (or queries) in one REST request."),
-    Setting("rest_threads", int, 8, "Threads per tenant worker running REST requests."),
+    Setting(
+        "rest_threads",
+        int,
+        8,
+        "REST channels (and threads) per tenant worker: how many REST requests of one tenant run at once.",
+    ),
     Setting(
         "snapshot_wal_mb",
         float,

@@ -504,10 +504,10 @@ class NamedIndexStore:
                 raise BadRequest(f"index parameter '{key}' does not apply to {type(inner).__name__}")
 
     def open(self, name: Any) -> NamedIndex:
-        path = self._dir(name)
-        named = self._loaded.get(name)
+        named = self._loaded.get(name) if type(name) is str else None
         if named is not None:
             return named
+        path = self._dir(name)
         with self._lock:
             loading = self._loading.setdefault(name, threading.Lock())
         with loading:

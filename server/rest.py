@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from .errors import BadRequest, Conflict, NotFound, OutOfMemory, PayloadTooLarge, ProxyError
 from .metadata import check_metadata, string_to_id
@@ -97,7 +98,7 @@ class RestApi:
             if op == "search" and query:
                 request = {**_search_from_query(query), **request}
             status, payload = fn(path, request)
-            return status, json.dumps(payload, separators=(",", ":")).encode()
+            return status, orjson.dumps(payload)
         except ProxyError as exc:
             return exc.status, _error(exc.code, exc.message)
         except MemoryError:
@@ -370,18 +371,20 @@ class RestApi:
         return p
 
     def _hits(self, named: NamedIndex, index: Any, D: np.ndarray, I: np.ndarray, include: list[str]) -> list[Any]:
-        registry = named.registry
+        entries = named.registry.entries
         valid = I >= 0
-        ids = I[valid]
+        ids = I[valid].tolist()
         scores = D[valid].tolist()
-        values = _reconstruct(index, ids) if "values" in include and len(ids) else None
+        with_meta = "metadata" in include
+        values = _reconstruct(index, I[valid]).tolist() if "values" in include and ids else None
         hits = []
-        for j, ident in enumerate(ids.tolist()):
-            hit: dict[str, Any] = {"id": registry.label(ident), "score": scores[j]}
-            if "metadata" in include:
-                hit["metadata"] = registry.metadata(ident)
+        for j, ident in enumerate(ids):
+            label, meta = entries.get(ident, (None, None))
+            hit: dict[str, Any] = {"id": label if label is not None else str(ident), "score": scores[j]}
+            if with_meta:
+                hit["metadata"] = meta
             if values is not None:
-                hit["values"] = values[j].tolist()
+                hit["values"] = values[j]
             hits.append(hit)
         return hits
 
@@ -428,7 +431,7 @@ class RestApi:
 
 # --- module helpers -----------------------------------------------------------------------
 def _error(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
+    return orjson.dumps({"error": {"code": code, "message": message}})
 
 
 def _faiss_message(exc: BaseException) -> str:
@@ -441,8 +444,8 @@ def _parse_body(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        request = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON body: {exc}") from None
     if not isinstance(request, dict):
         raise BadRequest("the JSON body must be an object")

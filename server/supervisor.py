@@ -26,7 +26,7 @@ from typing import Any
 
 from .config import Settings
 from .errors import ServiceUnavailable
-from .restchannel import RestClient
+from .restchannel import RestPool
 
 __all__ = ["Supervisor", "WorkerProcess"]
 
@@ -39,7 +39,7 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes]
     control: socket.socket
     ready: asyncio.Future[int]
-    rest: RestClient
+    rest: RestPool
     sessions: int = 0
     inflight: int = 0
     last_active: float = field(default_factory=time.monotonic)
@@ -103,7 +103,7 @@ class Supervisor:
     def _spawn(self, tenant: str) -> WorkerProcess:
         s = self.settings
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        rest_parent, rest_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        rest_pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(max(1, s.rest_threads))]
         env = dict(os.environ)
         env.setdefault("MALLOC_ARENA_MAX", "2")
         # Idle OpenMP threads sleep instead of spinning: on a shared host, spinning
@@ -130,12 +130,10 @@ class Supervisor:
             str(s.max_message_mb),
             "--log-level",
             s.log_level,
-            "--rest-fd",
-            str(rest_child.fileno()),
+            "--rest-fds",
+            ",".join(str(child.fileno()) for _, child in rest_pairs),
             "--data-dir",
             str(s.data_path / "tenants" / tenant),
-            "--rest-threads",
-            str(s.rest_threads),
             "--max-k",
             str(s.max_k),
             "--max-batch",
@@ -145,13 +143,15 @@ class Supervisor:
             "--snapshot-interval",
             str(s.snapshot_interval),
         ]
-        proc = subprocess.Popen(cmd, pass_fds=[child.fileno(), rest_child.fileno()], env=env, stdin=subprocess.DEVNULL)
+        fds = [child.fileno(), *(c.fileno() for _, c in rest_pairs)]
+        proc = subprocess.Popen(cmd, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
         child.close()
-        rest_child.close()
+        for rest_parent, rest_child in rest_pairs:
+            rest_child.close()
+            rest_parent.setblocking(False)
         parent.setblocking(False)
-        rest_parent.setblocking(False)
         loop = asyncio.get_running_loop()
-        worker = WorkerProcess(tenant, proc, parent, loop.create_future(), RestClient(rest_parent))
+        worker = WorkerProcess(tenant, proc, parent, loop.create_future(), RestPool([p for p, _ in rest_pairs]))
         loop.add_reader(parent.fileno(), self._on_control, worker)
         log.info("worker started tenant=%s pid=%d", tenant, proc.pid)
         return worker

@@ -46,9 +46,8 @@ class WorkerOptions(argparse.Namespace):
     omp_min_rows: int
     max_message_mb: int
     log_level: str
-    rest_fd: int
+    rest_fds: str
     data_dir: str
-    rest_threads: int
     max_k: int
     max_batch: int
     snapshot_wal_mb: float
@@ -65,9 +64,8 @@ def _parse(argv: list[str] | None) -> WorkerOptions:
     p.add_argument("--omp-min-rows", type=int, default=32)
     p.add_argument("--max-message-mb", type=int, default=1024)
     p.add_argument("--log-level", default="info")
-    p.add_argument("--rest-fd", type=int, default=-1)
+    p.add_argument("--rest-fds", default="", help="comma-separated REST channel descriptors")
     p.add_argument("--data-dir", default="")
-    p.add_argument("--rest-threads", type=int, default=8)
     p.add_argument("--max-k", type=int, default=1024)
     p.add_argument("--max-batch", type=int, default=100_000)
     p.add_argument("--snapshot-wal-mb", type=float, default=256.0)
@@ -142,8 +140,8 @@ class Worker:
         from .restchannel import RestServer
 
         self.store.start()
-        if self.opts.rest_fd >= 0:
-            RestServer(socket.socket(fileno=self.opts.rest_fd), self.rest.handle, self.opts.rest_threads).start()
+        for i, fd in enumerate(int(f) for f in self.opts.rest_fds.split(",") if f):
+            RestServer(socket.socket(fileno=fd), self.rest.handle, f"rest-{i}").start()
         self.notify(event="ready", pid=os.getpid())
         while True:
             try:
