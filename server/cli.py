@@ -127,16 +127,21 @@ def _run_admin(args: argparse.Namespace, catalog: Catalog) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _build_parser().parse_args(argv)
     settings = load_settings(args)
+    if args.command == "serve":
+        from .logs import setup_logging, stop_logging
+        from .runner import serve
+
+        setup_logging(settings.log_level, sys.stderr)
+        try:
+            asyncio.run(serve(settings))
+        finally:
+            stop_logging()
+        return
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if args.command == "serve":
-        from .runner import serve
-
-        asyncio.run(serve(settings))
-        return
     try:
         _run_admin(args, Catalog(settings.data_path))
     except ProxyError as exc:
