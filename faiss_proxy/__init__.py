@@ -62,14 +62,16 @@ def configure(
     api_key: str | None = None,
     timeout: float | None = None,
     spin_us: float | None = None,
+    ca: str | None = None,
 ) -> None:
     """Point this module at a faiss-proxy server.
 
     Arguments left out are read from ``FAISS_PROXY_URL``, ``FAISS_PROXY_API_KEY``,
-    ``FAISS_PROXY_TIMEOUT`` (seconds a call may take; default 600) and
+    ``FAISS_PROXY_TIMEOUT`` (seconds a call may take; default 600),
     ``FAISS_PROXY_SPIN_US`` (microseconds to busy-wait for a reply before sleeping;
-    default 500, 0 turns it off).  With no URL at all, the module uses the local
-    faiss package.
+    default 500, 0 turns it off) and ``FAISS_PROXY_CA`` (for ``https://`` URLs: a
+    PEM bundle of the CAs to trust instead of the system's).  With no URL at all,
+    the module uses the local faiss package.
     """
     global _current, _configured
     url = api_url if api_url is not None else _os.environ.get("FAISS_PROXY_URL", "")
@@ -78,6 +80,8 @@ def configure(
         timeout = float(_os.environ.get("FAISS_PROXY_TIMEOUT", "600") or 600)
     if spin_us is None:
         spin_us = float(_os.environ.get("FAISS_PROXY_SPIN_US", "500") or 0)
+    if ca is None:
+        ca = _os.environ.get("FAISS_PROXY_CA") or None
     with _lock:
         if _current is not None:
             _current.close()
@@ -85,7 +89,7 @@ def configure(
         if url:
             if not key:
                 raise ValueError("faiss_proxy.configure: an API key is needed (api_key= or FAISS_PROXY_API_KEY)")
-            _current = Client(url, key, timeout=timeout, spin_us=spin_us)
+            _current = Client(url, key, timeout=timeout, spin_us=spin_us, ca=ca)
         _configured = True
 
 

@@ -23,6 +23,7 @@ import builtins
 import json
 import os
 import socket
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -50,11 +51,17 @@ class AuthenticationError(PermissionError):
 # --------------------------------------------------------------------------------------
 def _parse_url(url: str) -> tuple[str, int, str]:
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", ""):
-        raise ValueError(f"unsupported URL scheme in {url!r}: use http://host:port")
+    if parts.scheme not in ("http", "https", ""):
+        raise ValueError(f"unsupported URL scheme in {url!r}: use http://host:port or https://host:port")
     if not parts.hostname:
         raise ValueError(f"no host in URL {url!r}")
-    return parts.hostname, parts.port or 80, parts.path.rstrip("/")
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), parts.path.rstrip("/")
+
+
+def tls_context(ca: str | None) -> ssl.SSLContext:
+    """Certificate-verifying client context; ``ca`` is a PEM bundle to trust instead
+    of the system's (``FAISS_PROXY_CA``), e.g. the ``ca.pem`` of ``faiss-proxy dev-cert``."""
+    return ssl.create_default_context(cafile=ca or None)
 
 
 def _read_http_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
@@ -93,13 +100,27 @@ def _error_message(sock: socket.socket, headers: dict[str, str], body: bytes) ->
         return body.decode("utf-8", "replace")[:200]
 
 
-def open_rpc_socket(url: str, api_key: str, timeout: float = 30.0) -> socket.socket:
-    """Open a TCP connection and upgrade ``GET /v1/rpc`` to an RPC session."""
+def open_rpc_socket(url: str, api_key: str, timeout: float = 30.0, ca: str | None = None) -> socket.socket:
+    """Open a TCP (or TLS, for ``https://``) connection and upgrade ``GET /v1/rpc``
+    to an RPC session."""
     host, port, prefix = _parse_url(url)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise ConnectionError(f"cannot reach faiss-proxy at {url}: {exc}") from exc
+    if url.lower().startswith("https:"):
+        try:
+            set_nodelay(sock)
+            sock = tls_context(ca).wrap_socket(sock, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            sock.close()
+            raise ConnectionError(
+                f"TLS certificate of {url} not trusted ({exc.verify_message}); "
+                "set FAISS_PROXY_CA (or configure(ca=...)) to the CA bundle that signed it"
+            ) from None
+        except (ssl.SSLError, OSError) as exc:
+            sock.close()
+            raise ConnectionError(f"TLS handshake with {url} failed: {exc}") from None
     try:
         set_nodelay(sock)
         from . import __version__
@@ -149,8 +170,10 @@ class Connection:
     def __init__(self, client: Client) -> None:
         self.client = client
         # The handshake may start a worker: give it its own, generous limit.
-        sock = open_rpc_socket(client.url, client.api_key, max(client.timeout, 60.0))
-        channel = FrameChannel(sock, client.max_message, spin=client.spin_us / 1e6)
+        sock = open_rpc_socket(client.url, client.api_key, max(client.timeout, 60.0), client.ca)
+        # TLS: no busy-wait (an SSL socket takes no MSG_DONTWAIT reads).
+        spin = 0.0 if isinstance(sock, ssl.SSLSocket) else client.spin_us / 1e6
+        channel = FrameChannel(sock, client.max_message, spin=spin)
         self.rpc = ClientConnection(channel, client_config(client.timeout))
         self.pid = os.getpid()
         try:
@@ -389,13 +412,20 @@ class Client:
     """Everything the module needs to know about one server and key."""
 
     def __init__(
-        self, url: str, api_key: str, timeout: float = 600.0, max_message_mb: int = 1024, spin_us: float = 500.0
+        self,
+        url: str,
+        api_key: str,
+        timeout: float = 600.0,
+        max_message_mb: int = 1024,
+        spin_us: float = 500.0,
+        ca: str | None = None,
     ) -> None:
         _parse_url(url)
         if not api_key or not api_key.isascii() or not api_key.isprintable() or any(c.isspace() for c in api_key):
             raise ValueError("an API key is printable ASCII without spaces (as 'faiss-proxy key create' prints it)")
         self.url = url
         self.api_key = api_key
+        self.ca = ca
         self.timeout = float(timeout)
         self.max_message = max_message_mb * 1024 * 1024
         # Busy-wait this long for a reply before sleeping: a single query's reply

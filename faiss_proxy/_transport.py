@@ -29,6 +29,7 @@ import builtins
 import json
 import select
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -100,6 +101,7 @@ class FrameChannel:
         self._spare: np.ndarray | None = None
         self._poller = select.poll()
         self._poller.register(sock.fileno(), select.POLLIN | select.POLLPRI | select.POLLHUP)
+        self._tls = isinstance(sock, ssl.SSLSocket)
 
     # --- the interface rpyc.Connection uses -------------------------------------
     @property
@@ -123,6 +125,8 @@ class FrameChannel:
         if self._closed:
             raise EOFError("connection closed")
         if self._end > self._start:
+            return True
+        if self._tls and self.sock.pending():  # type: ignore[attr-defined]  # decrypted bytes in the SSL object
             return True
         if self.spin > 0 and self._spin_recv():
             return True
@@ -256,7 +260,7 @@ class FrameChannel:
         """One ``recv_into``; a closed or broken socket closes the channel.
         (With ``MSG_DONTWAIT``, "no data yet" surfaces as ``BlockingIOError``.)"""
         try:
-            n = self.sock.recv_into(view, 0, flags)
+            n = self.sock.recv_into(view, len(view), flags)
         except BlockingIOError:
             raise
         except OSError as exc:

@@ -4,7 +4,7 @@ Routes (this module keeps them thin; the work is in the catalog and supervisor):
 
 ``GET /v1/health``        liveness, no authentication
 ``GET /v1/openapi.json``  the REST API's description, no authentication
-``GET /v1/metrics``       request counters in Prometheus text format
+``GET /v1/metrics``       Prometheus metrics (see :mod:`.metrics`)
 ``GET /v1/rpc``           the RPC upgrade: ``Connection: Upgrade``, ``Upgrade: faiss-proxy-rpc``
                           and ``Authorization: Bearer <key>``.  A missing, malformed,
                           tampered, expired or revoked key gets 401 before any RPyC byte
@@ -19,19 +19,25 @@ and every request is logged on one line with tenant, operation, status and durat
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
 import secrets
+import socket
 import time
 from typing import Any
 
+import tornado.iostream
 import tornado.web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from faiss_proxy import __version__
 
 from .catalog import Catalog, Principal
 from .config import Settings
 from .errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ProxyError, Unauthorized
+from .metrics import MetricsCollector
 from .openapi import openapi_spec
 from .rest import MUTATING_OPERATIONS
 from .supervisor import Supervisor
@@ -57,6 +63,11 @@ class BaseHandler(tornado.web.RequestHandler):
     def supervisor(self) -> Supervisor:
         supervisor: Supervisor = self.application.settings["supervisor"]
         return supervisor
+
+    @property
+    def proxy_settings(self) -> Settings:
+        settings: Settings = self.application.settings["proxy_settings"]
+        return settings
 
     def authenticate(self) -> Principal:
         header = self.request.headers.get("Authorization", "")
@@ -111,6 +122,50 @@ class HealthHandler(BaseHandler):
         )
 
 
+class ReadyHandler(BaseHandler):
+    """Readiness: the data dir takes writes, the catalog answers, the supervisor runs."""
+
+    operation = "ready"
+
+    def get(self) -> None:
+        checks = {
+            "data_dir": _check_writable(self.proxy_settings.data_path),
+            "catalog": _check(lambda: self.catalog.list_tenants()),
+            "supervisor": "ok" if self.supervisor.running else "stopped",
+        }
+        ready = all(v == "ok" for v in checks.values())
+        started: float = self.application.settings["started"]
+        self.write_json(
+            200 if ready else 503,
+            {
+                "status": "ready" if ready else "not ready",
+                "version": __version__,
+                "uptime_s": round(time.monotonic() - started, 3),
+                "workers": len(self.supervisor.workers),
+                "checks": checks,
+            },
+        )
+
+
+def _check(fn: Any) -> str:
+    try:
+        fn()
+    except Exception as exc:
+        return f"error: {exc}"
+    return "ok"
+
+
+def _check_writable(directory: Any) -> str:
+    probe = directory / f".ready-{secrets.token_hex(4)}"
+    try:
+        with open(probe, "xb") as fh:
+            fh.write(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        return f"not writable: {exc.strerror or exc}"
+    return "ok"
+
+
 class RpcUpgradeHandler(BaseHandler):
     operation = "rpc"
 
@@ -132,6 +187,9 @@ class RpcUpgradeHandler(BaseHandler):
         self.set_status(101)
         self.application.log_request(self)
         stream = self.detach()
+        if isinstance(stream, tornado.iostream.SSLIOStream):
+            await self._relay(stream, principal.tenant, header)
+            return
         # From here on the gateway must not read from the socket: the worker
         # writes the 101 response itself, after it owns the descriptor, so no
         # RPyC byte can land in Tornado's read buffer.
@@ -144,6 +202,44 @@ class RpcUpgradeHandler(BaseHandler):
             log.warning("rpc hand-off failed tenant=%s: %s", principal.tenant, exc)
         finally:
             stream.close()
+
+    async def _relay(self, stream: tornado.iostream.IOStream, tenant: str, header: dict[str, Any]) -> None:
+        """Over TLS the encryption state stays here: the worker gets one end of a
+        socket pair and the gateway copies bytes between it and the TLS stream."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await self.supervisor.hand_off(tenant, theirs, {**header, "relayed": True})
+        except Exception as exc:
+            log.warning("rpc hand-off failed tenant=%s: %s", tenant, exc)
+            ours.close()
+            stream.close()
+            return
+        finally:
+            theirs.close()
+        inner = tornado.iostream.IOStream(ours)
+        try:
+            await stream.write(SWITCHING_PROTOCOLS)
+        except tornado.iostream.StreamClosedError:
+            inner.close()
+            return
+        await asyncio.gather(_pump(stream, inner), _pump(inner, stream))
+
+
+async def _pump(src: tornado.iostream.IOStream, dst: tornado.iostream.IOStream) -> None:
+    try:
+        while True:
+            data = await src.read_bytes(1 << 20, partial=True)
+            await dst.write(data)
+    except tornado.iostream.StreamClosedError:
+        pass
+    finally:
+        src.close()
+        dst.close()
+
+
+SWITCHING_PROTOCOLS = (
+    f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: {RPC_PROTOCOL}\r\nConnection: Upgrade\r\n\r\n".encode()
+)
 
 
 @tornado.web.stream_request_body
@@ -158,7 +254,11 @@ class RestHandler(BaseHandler):
     groups: tuple[str, ...] = ()
 
     def prepare(self) -> None:
+        self._started = time.perf_counter()
         self._body = bytearray()
+        self._inflight: Inflight = self.application.settings["inflight"]
+        self._inflight.count += 1
+        self._counted = True
         op = dict(self.methods).get(self.request.method or "")
         if op is None:
             raise tornado.web.HTTPError(405)
@@ -179,20 +279,25 @@ class RestHandler(BaseHandler):
     def data_received(self, chunk: bytes) -> None:
         self._body += chunk
 
-    @property
-    def proxy_settings(self) -> Settings:
-        settings: Settings = self.application.settings["proxy_settings"]
-        return settings
-
     async def _forward(self, *args: str) -> None:
         path = dict(zip(self.groups, args, strict=True))
         query = {k: v[-1].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()}
-        counters: Counters = self.application.settings["counters"]
         status, body = await self.supervisor.rest(self.principal.tenant, self.operation, path, query, bytes(self._body))
-        counters.count(self.principal.tenant, self.operation, status)
+        self.supervisor.metrics.record(
+            self.principal.tenant, "rest", self.operation, time.perf_counter() - self._started, status < 400
+        )
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(body)
+
+    def on_finish(self) -> None:
+        if getattr(self, "_counted", False):
+            self._counted = False
+            self._inflight.count -= 1
+
+    def on_connection_close(self) -> None:
+        self.on_finish()
+        super().on_connection_close()
 
     async def get(self, *args: str) -> None:
         await self._forward(*args)
@@ -202,6 +307,12 @@ class RestHandler(BaseHandler):
 
     async def delete(self, *args: str) -> None:
         await self._forward(*args)
+
+
+class Inflight:
+    """REST requests being served (graceful shutdown waits for them)."""
+
+    count = 0
 
 
 class IndexesHandler(RestHandler):
@@ -255,62 +366,64 @@ class OpenApiHandler(BaseHandler):
         self.write_json(200, openapi_spec(__version__))
 
 
-class Counters:
-    """Request counts by tenant, operation and status (the operations issue adds more)."""
-
-    def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = {}
-
-    def count(self, tenant: str, op: str, status: int) -> None:
-        key = (tenant, op, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
-
-
 class MetricsHandler(BaseHandler):
+    """Prometheus text format; with the ``metrics_token`` setting, only for
+    ``Authorization: Bearer <metrics token>``."""
+
     operation = "metrics"
 
     def get(self) -> None:
-        counters: Counters = self.application.settings["counters"]
-        lines = [
-            "# HELP faiss_proxy_rest_requests_total REST requests on named indexes.",
-            "# TYPE faiss_proxy_rest_requests_total counter",
-        ]
-        for (tenant, op, status), n in sorted(counters.requests.items()):
-            lines.append(f'faiss_proxy_rest_requests_total{{tenant="{tenant}",operation="{op}",status="{status}"}} {n}')
-        lines += [
-            "# HELP faiss_proxy_workers Tenant worker processes running.",
-            "# TYPE faiss_proxy_workers gauge",
-            f"faiss_proxy_workers {len(self.supervisor.workers)}",
-            "# HELP faiss_proxy_worker_restarts_total Tenant workers that died (signal or error exit).",
-            "# TYPE faiss_proxy_worker_restarts_total counter",
-            f"faiss_proxy_worker_restarts_total {self.supervisor.restarts}",
-        ]
-        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.finish("\n".join(lines) + "\n")
+        token = self.proxy_settings.metrics_token
+        if token:
+            header = self.request.headers.get("Authorization", "")
+            given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                raise Unauthorized("metrics need 'Authorization: Bearer <metrics token>'")
+        registry: CollectorRegistry = self.application.settings["registry"]
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(registry))
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """One line per request: tenant, operation, method, path, status, duration (never keys or bodies)."""
     if getattr(handler, "_fp_logged", False):
         return
     handler._fp_logged = True  # type: ignore[attr-defined]
     status = handler.get_status()
     level = logging.INFO if status < 500 else logging.ERROR
+    tenant = getattr(handler, "tenant", None) or "-"
+    operation = getattr(handler, "operation", "-")
+    duration_ms = 1000.0 * handler.request.request_time()
     log.log(
         level,
         "http tenant=%s op=%s method=%s path=%s status=%d duration=%.2fms",
-        getattr(handler, "tenant", None) or "-",
-        getattr(handler, "operation", "-"),
+        tenant,
+        operation,
         handler.request.method,
         handler.request.path,
         status,
-        1000.0 * handler.request.request_time(),
+        duration_ms,
+        extra={
+            "fields": {
+                "kind": "http",
+                "tenant": tenant,
+                "operation": operation,
+                "method": handler.request.method,
+                "path": handler.request.path,
+                "status": status,
+                "duration_ms": round(duration_ms, 3),
+            }
+        },
     )
 
 
 def make_app(settings: Settings, catalog: Catalog, supervisor: Supervisor) -> tornado.web.Application:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(MetricsCollector(supervisor.metrics, supervisor))
     return tornado.web.Application(
         [
             (r"/v1/health", HealthHandler),
+            (r"/v1/ready", ReadyHandler),
             (r"/v1/rpc", RpcUpgradeHandler),
             (r"/v1/openapi.json", OpenApiHandler),
             (r"/v1/metrics", MetricsHandler),
@@ -325,7 +438,8 @@ def make_app(settings: Settings, catalog: Catalog, supervisor: Supervisor) -> to
             (r"/v1/index/([^/]+)/specialized_search", SpecializedSearchHandler),
         ],
         catalog=catalog,
-        counters=Counters(),
+        registry=registry,
+        inflight=Inflight(),
         supervisor=supervisor,
         proxy_settings=settings,
         started=time.monotonic(),

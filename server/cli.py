@@ -5,6 +5,7 @@
 ``faiss-proxy key create TENANT``           print a new API key, alone, on the last line
 ``faiss-proxy key list [TENANT]``           first column: key id
 ``faiss-proxy key revoke KEY_ID``
+``faiss-proxy dev-cert DIR``                write a test CA and server certificate (TLS)
 
 Tenant and key commands open the catalog in ``--data-dir`` directly, so they work
 while the server runs.
@@ -78,6 +79,10 @@ def _build_parser() -> argparse.ArgumentParser:
     klist.add_argument("tenant", nargs="?")
     revoke = with_data_dir(key.add_parser("revoke", help="revoke an API key by id"))
     revoke.add_argument("key_id")
+
+    cert = sub.add_parser("dev-cert", help="write a throw-away CA and server certificate for testing TLS")
+    cert.add_argument("directory")
+    cert.add_argument("--host", action="append", default=[], help="another name or IP for the certificate")
     return p
 
 
@@ -127,11 +132,20 @@ def _run_admin(args: argparse.Namespace, catalog: Catalog) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _build_parser().parse_args(argv)
     settings = load_settings(args)
+    if args.command == "dev-cert":
+        from pathlib import Path
+
+        from .devcert import write_dev_cert
+
+        paths = write_dev_cert(Path(args.directory), args.host)
+        print(f"CA certificate (clients: FAISS_PROXY_CA): {paths['ca']}")
+        print(f"server certificate and key: --tls-cert {paths['cert']} --tls-key {paths['key']}")
+        return
     if args.command == "serve":
         from .logs import setup_logging, stop_logging
         from .runner import serve
 
-        setup_logging(settings.log_level, sys.stderr)
+        setup_logging(settings.log_level, sys.stderr, settings.log_format)
         try:
             asyncio.run(serve(settings))
         finally:

@@ -100,7 +100,22 @@ SETTINGS: tuple[Setting, ...] = (
         300.0,
         "Seconds after which a named index with logged changes is snapshotted anyway.",
     ),
+    Setting(
+        "metrics_token",
+        str,
+        "",
+        "If set, GET /v1/metrics needs 'Authorization: Bearer <this token>'. Empty: metrics are public.",
+    ),
     Setting("log_level", str, "info", "Log level: debug, info, warning or error."),
+    Setting("log_format", str, "text", "Log line format: 'text' (key=value) or 'json' (one object per line)."),
+    Setting(
+        "shutdown_timeout",
+        float,
+        30.0,
+        "Seconds SIGTERM/SIGINT waits for in-flight requests and worker snapshots before stopping anyway.",
+    ),
+    Setting("tls_cert", str, "", "PEM certificate (chain) file: serve HTTPS, and RPC over TLS. Needs tls_key."),
+    Setting("tls_key", str, "", "PEM private key file for tls_cert."),
 )
 
 
@@ -122,7 +137,12 @@ class Settings:
     rest_threads: int = 8
     snapshot_wal_mb: float = 256.0
     snapshot_interval: float = 300.0
+    metrics_token: str = ""
     log_level: str = "info"
+    log_format: str = "text"
+    shutdown_timeout: float = 30.0
+    tls_cert: str = ""
+    tls_key: str = ""
 
     @property
     def data_path(self) -> Path:

@@ -10,24 +10,55 @@ a :class:`~logging.handlers.QueueListener` thread formats and writes them.
 from __future__ import annotations
 
 import atexit
+import datetime
+import json
 import logging
 import logging.handlers
 import queue
-from typing import TextIO
+from typing import Any, TextIO
 
-__all__ = ["setup_logging", "stop_logging", "LOG_FORMAT"]
+__all__ = ["setup_logging", "stop_logging", "make_formatter", "JsonFormatter", "LOG_FORMAT"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``message``, plus the
+    record's structured ``fields`` (tenant, operation, duration, status, ...) when
+    the call site gave them with ``extra={"fields": {...}}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def make_formatter(log_format: str) -> logging.Formatter:
+    if log_format == "json":
+        return JsonFormatter()
+    if log_format == "text":
+        return logging.Formatter(LOG_FORMAT)
+    raise SystemExit(f"unknown log format {log_format!r}: use 'text' or 'json'")
+
 
 _listener: logging.handlers.QueueListener | None = None
 
 
-def setup_logging(level: str, stream: TextIO) -> None:
+def setup_logging(level: str, stream: TextIO, log_format: str = "text") -> None:
     """Send every record of this process through a queue to ``stream``."""
     global _listener
     stop_logging()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(make_formatter(log_format))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     root = logging.getLogger()
     for old in list(root.handlers):

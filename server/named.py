@@ -564,6 +564,15 @@ class NamedIndexStore:
         shutil.rmtree(trash, ignore_errors=True)
         log.info("named index %s dropped", name)
 
+    def summary(self) -> dict[str, int]:
+        """For metrics: named indexes on disk; vectors and unsnapshotted log bytes of the loaded ones."""
+        loaded = self.loaded()
+        return {
+            "indexes": len(self.names()),
+            "vectors": sum(int(n.index.ntotal) for n in loaded),
+            "wal_bytes": sum(n.wal.bytes_since_snapshot for n in loaded),
+        }
+
     def discard(self, named: NamedIndex, why: str) -> None:
         """Forget an in-memory index (its files stay); the next open reloads it."""
         named.dropped = True

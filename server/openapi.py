@@ -342,6 +342,23 @@ def _schemas() -> Json:
             },
             ["status", "version", "uptime_s", "workers"],
         ),
+        "Ready": _obj(
+            {
+                "status": _str("`ready` or `not ready`.", examples=["ready"]),
+                "version": _str("The server's version."),
+                "uptime_s": {"type": "number", "description": "Seconds since the server started."},
+                "workers": _int("Tenant worker processes running."),
+                "checks": _obj(
+                    {
+                        "data_dir": _str("`ok`, or why the data dir does not take writes."),
+                        "catalog": _str("`ok`, or the catalog's error."),
+                        "supervisor": _str("`ok` while the worker supervisor runs."),
+                    },
+                    ["data_dir", "catalog", "supervisor"],
+                ),
+            },
+            ["status", "version", "uptime_s", "workers", "checks"],
+        ),
         "IndexName": _str(
             "1-128 letters, digits, `.`, `_` or `-`, starting with a letter or digit.",
             pattern=INDEX_NAME.pattern,
@@ -620,13 +637,36 @@ def _service_paths() -> Json:
                 public=True,
             )
         },
+        "/v1/ready": {
+            "get": _operation(
+                "ready",
+                "service",
+                "Readiness",
+                "200 when the data dir takes writes, the catalog answers and the worker supervisor runs; "
+                "503 (same body, `status: not ready`) otherwise. No authentication.",
+                {
+                    "200": {
+                        "description": "Ready.",
+                        "content": {"application/json": {"schema": _ref("Ready")}},
+                    },
+                    "503": {
+                        "description": "Not ready; `checks` says why.",
+                        "content": {"application/json": {"schema": _ref("Ready")}},
+                    },
+                },
+                public=True,
+            )
+        },
         "/v1/metrics": {
             "get": _operation(
                 "metrics",
                 "service",
                 "Prometheus metrics",
-                "Counters in the Prometheus text exposition format: `faiss_proxy_rest_requests_total` "
-                "(by tenant, operation and status), `faiss_proxy_workers`, `faiss_proxy_worker_restarts_total`.",
+                "Prometheus text exposition format: `faiss_proxy_requests_total`, `faiss_proxy_request_errors_total` "
+                "and `faiss_proxy_request_duration_seconds` per tenant, api (rpc/rest) and operation; "
+                "`faiss_proxy_rpc_sessions`, `faiss_proxy_workers`, `faiss_proxy_worker_restarts_total`, "
+                "`faiss_proxy_worker_rss_bytes`, `faiss_proxy_named_indexes`, `faiss_proxy_vectors`, "
+                "`faiss_proxy_wal_bytes`. With the `metrics_token` setting, send `Authorization: Bearer <token>`.",
                 {
                     "200": {
                         "description": "Metrics, `text/plain; version=0.0.4`.",

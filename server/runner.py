@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
+import time
 
 import tornado.httpserver
 import tornado.netutil
@@ -34,10 +36,27 @@ class Server:
     async def start(self) -> None:
         self.sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
         self.http = tornado.httpserver.HTTPServer(
-            self.app, xheaders=False, max_body_size=self.settings.max_body_mb * 1024 * 1024
+            self.app,
+            xheaders=False,
+            max_body_size=self.settings.max_body_mb * 1024 * 1024,
+            ssl_options=self.ssl_context(),
         )
         self.http.add_sockets(self.sockets)
         self.supervisor.start()
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if not s.tls_cert and not s.tls_key:
+            return None
+        if not (s.tls_cert and s.tls_key):
+            raise SystemExit("TLS needs both --tls-cert and --tls-key")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(s.tls_cert, s.tls_key)
+        return context
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.settings.tls_cert)
 
     @property
     def port(self) -> int:
@@ -48,13 +67,21 @@ class Server:
     def url(self) -> str:
         host = self.settings.host
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     async def stop(self) -> None:
+        """Graceful: stop accepting, let in-flight REST requests finish, let workers
+        finish their calls and snapshot (all within ``shutdown_timeout``), then close."""
+        timeout = self.settings.shutdown_timeout
+        deadline = time.monotonic() + timeout
         if self.http is not None:
             self.http.stop()
+        inflight = self.app.settings["inflight"]
+        while inflight.count > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self.supervisor.drain(max(1.0, deadline - time.monotonic()))
+        if self.http is not None:
             await self.http.close_all_connections()
-        self.supervisor.shutdown()
 
 
 async def serve(settings: Settings) -> None:

@@ -38,6 +38,7 @@ import numpy as np
 from faiss_proxy import _wire as w
 
 from .errors import ProxyError
+from .metrics import OperationStats
 from .named import PATH_FUNCTIONS, READ_FUNCTIONS, READ_METHODS, NamedIndex, NamedIndexStore
 from .reflection import Handle, Reflection, check_attribute
 
@@ -127,19 +128,31 @@ def _builtin_exception(exc: Exception) -> Exception:
 
 
 def _operation(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Count the call in the session's stats and make its exception builtin."""
+    """Count and time the call (session stats, worker metrics); make its exception builtin."""
+    kind = fn.__name__.removeprefix("op_").removeprefix("exposed_")
+    named_ops = kind in ("call", "function", "named")
 
     @functools.wraps(fn)
     def wrapper(self: FaissService, *args: Any) -> Any:
+        started = time.perf_counter()
+        if self.op_stats is not None:
+            self.op_stats.begin()
         try:
             result = fn(self, *args)
         except Exception as exc:
             self.stats.count(False)
+            if self.op_stats is not None:
+                self.op_stats.record(kind, time.perf_counter() - started, False)
             converted = _builtin_exception(exc)
             if converted is exc:
                 raise
             raise converted from None
         self.stats.count(True)
+        if self.op_stats is not None:
+            # The name is in the label only for calls that worked: it is then a
+            # real faiss method or function (a bounded set), never a client's string.
+            label = f"{kind}.{args[1]}" if named_ops and type(args[1]) is str else kind
+            self.op_stats.record(label, time.perf_counter() - started, True)
         return result
 
     return wrapper
@@ -163,7 +176,9 @@ class FaissService:
         version: str,
         store: NamedIndexStore | None = None,
         read_only: bool = False,
+        op_stats: OperationStats | None = None,
     ) -> None:
+        self.op_stats = op_stats
         self.reflection = reflection
         self.policy = policy
         self.version = version

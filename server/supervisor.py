@@ -26,6 +26,7 @@ from typing import Any
 
 from .config import Settings
 from .errors import ServiceUnavailable
+from .metrics import GatewayMetrics
 from .restchannel import RestPool
 
 __all__ = ["Supervisor", "WorkerProcess"]
@@ -51,8 +52,9 @@ class WorkerProcess:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or GatewayMetrics()
         self.workers: dict[str, WorkerProcess] = {}
         self.restarts = 0
         self._starting: dict[str, asyncio.Lock] = {}
@@ -130,6 +132,8 @@ class Supervisor:
             str(s.max_message_mb),
             "--log-level",
             s.log_level,
+            "--log-format",
+            s.log_format,
             "--rest-fds",
             ",".join(str(child.fileno()) for _, child in rest_pairs),
             "--data-dir",
@@ -142,6 +146,8 @@ class Supervisor:
             str(s.snapshot_wal_mb),
             "--snapshot-interval",
             str(s.snapshot_interval),
+            "--shutdown-timeout",
+            str(s.shutdown_timeout),
         ]
         fds = [child.fileno(), *(c.fileno() for _, c in rest_pairs)]
         proc = subprocess.Popen(cmd, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
@@ -171,13 +177,16 @@ class Supervisor:
         except ValueError:
             return
         kind = event.get("event")
-        worker.last_active = time.monotonic()
+        if kind != "stats":  # a periodic report is not activity
+            worker.last_active = time.monotonic()
         if kind == "ready" and not worker.ready.done():
             worker.ready.set_result(int(event.get("pid", worker.pid)))
         elif kind == "open":
             worker.sessions += 1
         elif kind == "close":
             worker.sessions = max(0, worker.sessions - 1)
+        elif kind == "stats":
+            self.metrics.merge(worker.tenant, event)
 
     def _forget(self, worker: WorkerProcess, why: str) -> None:
         if not worker.alive:
@@ -227,11 +236,34 @@ class Supervisor:
                 ):
                     self.stop_worker(tenant, "idle")
 
+    @property
+    def running(self) -> bool:
+        return self._reaper is not None and not self._reaper.done()
+
     def shutdown(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
         for tenant in list(self.workers):
             self.stop_worker(tenant, "server shutdown")
+
+    async def drain(self, timeout: float) -> None:
+        """Graceful stop: SIGTERM every worker (each finishes its in-flight calls and
+        snapshots its named indexes), wait up to ``timeout`` for them, then stop the rest."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+        workers = list(self.workers.values())
+        for worker in workers:
+            if worker.proc.poll() is None:
+                worker.proc.terminate()
+        deadline = time.monotonic() + timeout
+        while any(w.proc.poll() is None for w in workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for worker in workers:
+            if worker.proc.poll() is None:
+                log.warning(
+                    "worker tenant=%s pid=%d did not stop in %.0fs; killing it", worker.tenant, worker.pid, timeout
+                )
+            self._forget(worker, "server shutdown")
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [{"tenant": w.tenant, "pid": w.pid, "sessions": w.sessions} for w in self.workers.values()]

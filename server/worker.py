@@ -46,12 +46,14 @@ class WorkerOptions(argparse.Namespace):
     omp_min_rows: int
     max_message_mb: int
     log_level: str
+    log_format: str
     rest_fds: str
     data_dir: str
     max_k: int
     max_batch: int
     snapshot_wal_mb: float
     snapshot_interval: float
+    shutdown_timeout: float
 
 
 def _parse(argv: list[str] | None) -> WorkerOptions:
@@ -64,12 +66,14 @@ def _parse(argv: list[str] | None) -> WorkerOptions:
     p.add_argument("--omp-min-rows", type=int, default=32)
     p.add_argument("--max-message-mb", type=int, default=1024)
     p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", default="text")
     p.add_argument("--rest-fds", default="", help="comma-separated REST channel descriptors")
     p.add_argument("--data-dir", default="")
     p.add_argument("--max-k", type=int, default=1024)
     p.add_argument("--max-batch", type=int, default=100_000)
     p.add_argument("--snapshot-wal-mb", type=float, default=256.0)
     p.add_argument("--snapshot-interval", type=float, default=300.0)
+    p.add_argument("--shutdown-timeout", type=float, default=30.0)
     return p.parse_args(argv, namespace=WorkerOptions())
 
 
@@ -95,6 +99,7 @@ class Worker:
 
         from faiss_proxy import __version__
 
+        from .metrics import OperationStats
         from .named import NamedIndexStore
         from .reflection import Reflection
         from .rest import RestApi, RestLimits
@@ -120,12 +125,30 @@ class Worker:
         )
         replayer.store = self.store
         self.rest = RestApi(self.store, self.policy.apply_rows, RestLimits(opts.max_k, opts.max_batch))
+        self.op_stats = OperationStats()
+
+    def report_stats(self) -> None:
+        """Every second: what RPC calls did since the last report, and the named
+        indexes' sizes (see faiss_proxy_server.metrics)."""
+        while True:
+            time.sleep(1.0)
+            rows = self.op_stats.drain()
+            for i in range(0, max(1, len(rows)), 200):
+                self.notify(event="stats", rpc=rows[i : i + 200], named=self.store.summary())
 
     def terminate(self, *_: Any) -> None:
-        """SIGTERM (idle stop, server shutdown): snapshot what changed, then exit."""
+        """SIGTERM (idle stop, server shutdown): take no new session, let in-flight
+        calls finish (up to ``shutdown_timeout``), snapshot what changed, exit.
+
+        Runs in the main thread, which otherwise waits for new sessions, so none
+        is accepted meanwhile."""
         try:
+            deadline = time.monotonic() + self.opts.shutdown_timeout
+            while self.op_stats.inflight > 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
             self.store.close(snapshot=True)
         finally:
+            logging.shutdown()
             os._exit(0)
 
     def notify(self, **event: Any) -> None:
@@ -140,6 +163,7 @@ class Worker:
         from .restchannel import RestServer
 
         self.store.start()
+        threading.Thread(target=self.report_stats, name="stats", daemon=True).start()
         for i, fd in enumerate(int(f) for f in self.opts.rest_fds.split(",") if f):
             RestServer(socket.socket(fileno=fd), self.rest.handle, f"rest-{i}").start()
         self.notify(event="ready", pid=os.getpid())
@@ -175,11 +199,12 @@ class Worker:
 
         self.notify(event="open")
         read_only = header.get("scope") == "read-only"
-        service = FaissService(self.reflection, self.policy, self.version, self.store, read_only)
+        service = FaissService(self.reflection, self.policy, self.version, self.store, read_only, self.op_stats)
         started = time.monotonic()
         outcome = "closed"
         try:
-            sock.sendall(SWITCHING_PROTOCOLS)
+            if not header.get("relayed"):  # over TLS the gateway relays and answered 101 itself
+                sock.sendall(SWITCHING_PROTOCOLS)
             channel = FrameChannel(sock, self.opts.max_message_mb * 1024 * 1024)
             conn = ServerConnection(service, channel, server_config(str(header.get("session"))))
             conn.serve_session(self.opts.session_threads)
@@ -195,6 +220,7 @@ class Worker:
             except OSError:
                 pass
             stats = service.stats
+            duration = time.monotonic() - started
             log.info(
                 "rpc session tenant=%s key=%s peer=%s calls=%d errors=%d duration=%.3fs outcome=%s",
                 self.opts.tenant,
@@ -202,19 +228,31 @@ class Worker:
                 header.get("peer"),
                 stats.calls,
                 stats.errors,
-                time.monotonic() - started,
+                duration,
                 outcome,
+                extra={
+                    "fields": {
+                        "kind": "rpc_session",
+                        "tenant": self.opts.tenant,
+                        "key_id": header.get("key_id"),
+                        "peer": header.get("peer"),
+                        "calls": stats.calls,
+                        "errors": stats.errors,
+                        "duration_s": round(duration, 3),
+                        "outcome": outcome,
+                    }
+                },
             )
             self.notify(event="close")
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .logs import make_formatter
+
     opts = _parse(argv)
-    logging.basicConfig(
-        level=getattr(logging, opts.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(make_formatter(opts.log_format))
+    logging.basicConfig(level=getattr(logging, opts.log_level.upper(), logging.INFO), handlers=[handler])
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     _die_with_parent()
     _limit_memory(opts.memory_limit_mb)

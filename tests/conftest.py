@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -222,10 +223,13 @@ def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
 class Rest:
     """A tiny REST client for tests: ``rest.post(path, body) -> (status, json)``."""
 
-    def __init__(self, base: str, key: str | None, header: str = "Authorization") -> None:
+    def __init__(
+        self, base: str, key: str | None, header: str = "Authorization", context: ssl.SSLContext | None = None
+    ) -> None:
         self.base = base.rstrip("/")
         self.key = key
         self.header = header
+        self.context = context
 
     def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
         headers = {"Content-Type": "application/json"}
@@ -234,7 +238,7 @@ class Rest:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
+            with urllib.request.urlopen(req, timeout=60, context=self.context) as resp:
                 payload = resp.read()
                 status = resp.status
         except urllib.error.HTTPError as err:

@@ -11,6 +11,7 @@ from typing import Any
 import faiss
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from faiss_proxy_server.app import make_app
 from faiss_proxy_server.config import Settings
@@ -552,8 +553,15 @@ def test_metrics_count_requests(server: LiveServer) -> None:
     rest.get("/v1/index/nope/ntotal")
     status, text = rest.get("/v1/metrics")
     assert status == 200
-    assert f'faiss_proxy_rest_requests_total{{tenant="{name}",operation="ntotal",status="200"}} 1' in text
-    assert f'faiss_proxy_rest_requests_total{{tenant="{name}",operation="ntotal",status="404"}} 1' in text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    labels = (("api", "rest"), ("operation", "ntotal"), ("tenant", name))
+    assert samples[("faiss_proxy_requests_total", labels)] == 2
+    assert samples[("faiss_proxy_request_errors_total", labels)] == 1
+    assert samples[("faiss_proxy_request_duration_seconds_count", labels)] == 2
 
 
 def test_string_ids_are_stable() -> None:
