@@ -13,6 +13,8 @@ is what makes revocation immediate.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -52,7 +54,12 @@ CREATE TABLE IF NOT EXISTS api_keys (
     last_used_at REAL
 );
 CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys(tenant);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+TENANT_STATUSES = ("active", "suspended")
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,31 @@ class Catalog:
         with self._db() as db:
             rows = db.execute("SELECT name, created_at, status FROM tenants ORDER BY name").fetchall()
         return [Tenant(*r) for r in rows]
+
+    def set_tenant_status(self, name: str, status: str) -> Tenant:
+        """Suspend or resume a tenant: a suspended tenant's keys get 403 (immediately)."""
+        if status not in TENANT_STATUSES:
+            raise BadRequest(f"tenant status must be one of {TENANT_STATUSES}")
+        self.get_tenant(name)
+        with self._db() as db:
+            db.execute("UPDATE tenants SET status = ? WHERE name = ?", (status, name))
+        return self.get_tenant(name)
+
+    # --- small persistent settings (the admin password hash) ---------------------------
+    def get_setting(self, key: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put_setting(self, key: str, value: str) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO settings VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value)
+            )
+
+    def derived_secret(self, purpose: str) -> bytes:
+        """A secret for ``purpose`` (e.g. signing admin cookies), derived from secret.key."""
+        return hmac.new(self._secret, purpose.encode(), hashlib.sha256).digest()
 
     def delete_tenant(self, name: str) -> None:
         self.get_tenant(name)

@@ -5,6 +5,8 @@
 ``faiss-proxy key create TENANT``           print a new API key, alone, on the last line
 ``faiss-proxy key list [TENANT]``           first column: key id
 ``faiss-proxy key revoke KEY_ID``
+``faiss-proxy tenant suspend|resume NAME``  a suspended tenant's keys get 403
+``faiss-proxy admin-password``              set the admin page's password
 ``faiss-proxy dev-cert DIR``                write a test CA and server certificate (TLS)
 
 Tenant and key commands open the catalog in ``--data-dir`` directly, so they work
@@ -17,12 +19,13 @@ import argparse
 import asyncio
 import datetime as dt
 import logging
+import secrets
 import sys
 from collections.abc import Sequence
 
 from .catalog import Catalog
 from .config import add_arguments, load_settings
-from .errors import ProxyError
+from .errors import BadRequest, ProxyError
 
 __all__ = ["main", "parse_expiry"]
 
@@ -66,6 +69,14 @@ def _build_parser() -> argparse.ArgumentParser:
     with_data_dir(tenant.add_parser("list", help="list tenants"))
     delete = with_data_dir(tenant.add_parser("delete", help="delete a tenant, its keys and its data"))
     delete.add_argument("name")
+    suspend = with_data_dir(tenant.add_parser("suspend", help="suspend a tenant: its keys get 403"))
+    suspend.add_argument("name")
+    resume = with_data_dir(tenant.add_parser("resume", help="resume a suspended tenant"))
+    resume.add_argument("name")
+
+    with_data_dir(
+        sub.add_parser("admin-password", help="set a new admin password (read from stdin, or generated and printed)")
+    )
 
     key = sub.add_parser("key", help="manage API keys").add_subparsers(dest="action", required=True)
     create = with_data_dir(key.add_parser("create", help="create an API key; prints it on the last line"))
@@ -97,6 +108,25 @@ def _run_admin(args: argparse.Namespace, catalog: Catalog) -> None:
         elif args.action == "delete":
             catalog.delete_tenant(args.name)
             print(f"deleted tenant {args.name}")
+        elif args.action in ("suspend", "resume"):
+            t = catalog.set_tenant_status(args.name, "suspended" if args.action == "suspend" else "active")
+            print(f"tenant {t.name} is {t.status}")
+    elif args.command == "admin-password":
+        from faiss_proxy_admin.auth import AdminPassword
+
+        password = "" if sys.stdin.isatty() else sys.stdin.readline().strip()
+        generated = not password
+        if generated:
+            password = secrets.token_urlsafe(15)
+        try:
+            AdminPassword(catalog).set(password)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        if generated:
+            print("new admin password (shown once):", file=sys.stderr)
+            print(password)
+        else:
+            print("admin password set from standard input", file=sys.stderr)
     elif args.command == "key":
         if args.action == "create":
             k, token = catalog.create_key(

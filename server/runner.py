@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 import socket
 import ssl
+import sys
 import time
 
 import tornado.httpserver
 import tornado.netutil
+import tornado.routing
 
 from .app import make_app
 from .catalog import Catalog
@@ -26,17 +30,32 @@ class Server:
     """A running gateway; ``await start()``, then ``port``/``url``; ``stop()``."""
 
     def __init__(self, settings: Settings) -> None:
+        from faiss_proxy_admin import AdminContext, AdminPassword, LoginThrottle, make_admin_app
+        from faiss_proxy_admin.auth import PASSWORD_VARIABLE
+
         self.settings = settings
         self.catalog = Catalog(settings.data_path)
         self.supervisor = Supervisor(settings)
         self.app = make_app(settings, self.catalog, self.supervisor)
+        password = AdminPassword(self.catalog)
+        self.generated_admin_password = password.ensure(os.environ.get(PASSWORD_VARIABLE))
+        ctx = AdminContext(self.catalog, self.supervisor, settings, password, LoginThrottle())
+        self.admin_app = make_admin_app(ctx, self.app.settings.get("log_function"))
+        # One port: /admin is the admin application (its own cookies and XSRF), the
+        # rest is the API.
+        self.router = tornado.routing.RuleRouter(
+            [
+                tornado.routing.Rule(tornado.routing.PathMatches(r"/admin(/.*)?"), self.admin_app),
+                tornado.routing.Rule(tornado.routing.AnyMatches(), self.app),
+            ]
+        )
         self.http: tornado.httpserver.HTTPServer | None = None
         self.sockets: list[socket.socket] = []
 
     async def start(self) -> None:
         self.sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
         self.http = tornado.httpserver.HTTPServer(
-            self.app,
+            self.router,
             xheaders=False,
             max_body_size=self.settings.max_body_mb * 1024 * 1024,
             ssl_options=self.ssl_context(),
@@ -89,6 +108,8 @@ async def serve(settings: Settings) -> None:
     server = Server(settings)
     await server.start()
     log.info("faiss-proxy listening on %s (data dir %s)", server.url, settings.data_path)
+    if server.generated_admin_password:
+        _show_generated_password(server.url, server.generated_admin_password, settings.log_format)
     if not server.catalog.list_tenants():
         log.info("no tenants yet: run 'faiss-proxy tenant create NAME' and 'faiss-proxy key create NAME'")
     stop = asyncio.Event()
@@ -98,3 +119,15 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down")
     await server.stop()
+
+
+def _show_generated_password(url: str, generated: str, log_format: str) -> None:
+    """Shown once, on the console, never through the log pipeline (which may ship logs elsewhere)."""
+    hint = "generated now and shown only once; set FAISS_PROXY_ADMIN_PASSWORD or run 'faiss-proxy admin-password'"
+    if log_format == "json":
+        record = {"level": "warning", "logger": "faiss_proxy.admin", "message": hint, "admin_url": url + "/admin"}
+        record.update(user="admin", admin_password=generated)
+        text = json.dumps(record)
+    else:
+        text = f"faiss-proxy admin page: {url}/admin  user: admin  password: {generated}\n  ({hint})"
+    print(text, file=sys.stderr, flush=True)

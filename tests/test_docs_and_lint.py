@@ -56,7 +56,7 @@ def test_ruff() -> None:
 def test_mypy() -> None:
     pytest.importorskip("mypy")
     run = subprocess.run(
-        [sys.executable, "-m", "mypy", "faiss_proxy", "server"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "mypy", "faiss_proxy", "server", "admin"], cwd=ROOT, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stdout + run.stderr
 
