@@ -130,4 +130,5 @@ def _show_generated_password(url: str, generated: str, log_format: str) -> None:
         text = json.dumps(record)
     else:
         text = f"faiss-proxy admin page: {url}/admin  user: admin  password: {generated}\n  ({hint})"
-    print(text, file=sys.stderr, flush=True)
+    sys.stderr.write(text + "\n")  # one write: the log thread writes to stderr too
+    sys.stderr.flush()
