@@ -160,6 +160,14 @@ class Catalog:
             raise NotFound(f"tenant '{name}' does not exist")
         return Tenant(*row)
 
+    def tenant_number(self, name: str) -> int:
+        """A small positive number unique among existing tenants (its row id)."""
+        with self._db() as db:
+            row = db.execute("SELECT rowid FROM tenants WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"tenant '{name}' does not exist")
+        return int(row[0])
+
     def list_tenants(self) -> list[Tenant]:
         with self._db() as db:
             rows = db.execute("SELECT name, created_at, status FROM tenants ORDER BY name").fetchall()

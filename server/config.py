@@ -114,6 +114,20 @@ SETTINGS: tuple[Setting, ...] = (
         30.0,
         "Seconds SIGTERM/SIGINT waits for in-flight requests and worker snapshots before stopping anyway.",
     ),
+    Setting(
+        "worker_sandbox",
+        str,
+        "on",
+        "'on': workers run under Landlock (read only Python and libraries, write only their tenant dir, "
+        "no TCP) where the kernel has it, plus no-new-privs and rlimits; 'off': rlimits only.",
+    ),
+    Setting(
+        "worker_uid_base",
+        int,
+        0,
+        "When the server runs as root: run each tenant's worker as uid/gid BASE + tenant number, owning only "
+        "its tenant dir (mode 0700). 0: workers keep the server's uid.",
+    ),
     Setting("tls_cert", str, "", "PEM certificate (chain) file: serve HTTPS, and RPC over TLS. Needs tls_key."),
     Setting("tls_key", str, "", "PEM private key file for tls_cert."),
 )
@@ -141,6 +155,8 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     shutdown_timeout: float = 30.0
+    worker_sandbox: str = "on"
+    worker_uid_base: int = 0
     tls_cert: str = ""
     tls_key: str = ""
 

@@ -35,7 +35,7 @@ class Server:
 
         self.settings = settings
         self.catalog = Catalog(settings.data_path)
-        self.supervisor = Supervisor(settings)
+        self.supervisor = Supervisor(settings, uid_of=self.catalog.tenant_number)
         self.app = make_app(settings, self.catalog, self.supervisor)
         password = AdminPassword(self.catalog)
         self.generated_admin_password = password.ensure(os.environ.get(PASSWORD_VARIABLE))

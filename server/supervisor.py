@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .config import Settings
@@ -43,6 +44,7 @@ class WorkerProcess:
     rest: RestPool
     sessions: int = 0
     inflight: int = 0
+    sandbox: dict[str, Any] | None = None
     last_active: float = field(default_factory=time.monotonic)
     alive: bool = True
 
@@ -52,8 +54,10 @@ class WorkerProcess:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: GatewayMetrics | None = None, uid_of: Any = None) -> None:
         self.settings = settings
+        # tenant -> uid for its worker (see worker_uid_base), or None
+        self.uid_of = uid_of
         self.metrics = metrics or GatewayMetrics()
         self.workers: dict[str, WorkerProcess] = {}
         self.restarts = 0
@@ -148,6 +152,10 @@ class Supervisor:
             str(s.snapshot_interval),
             "--shutdown-timeout",
             str(s.shutdown_timeout),
+            "--sandbox",
+            s.worker_sandbox,
+            "--uid",
+            str(self._worker_uid(tenant)),
         ]
         fds = [child.fileno(), *(c.fileno() for _, c in rest_pairs)]
         proc = subprocess.Popen(cmd, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
@@ -161,6 +169,28 @@ class Supervisor:
         loop.add_reader(parent.fileno(), self._on_control, worker)
         log.info("worker started tenant=%s pid=%d", tenant, proc.pid)
         return worker
+
+    def _worker_uid(self, tenant: str) -> int:
+        """The uid the tenant's worker drops to (-1: none); its directory is given to it."""
+        base = self.settings.worker_uid_base
+        if base <= 0 or os.geteuid() != 0 or self.uid_of is None:
+            return -1
+        for needed in (Path(sys.prefix), Path(sys.base_prefix), self.settings.data_path):
+            if not others_can_traverse(needed):
+                raise ServiceUnavailable(
+                    f"worker_uid_base is set but {needed} is not reachable by other users "
+                    "(each directory above it needs o+x); workers cannot run as their own uid"
+                )
+        uid = int(base + self.uid_of(tenant))
+        directory = self.settings.data_path / "tenants" / tenant
+        directory.mkdir(parents=True, exist_ok=True)
+        if directory.stat().st_uid != uid:
+            for root, dirs, files in os.walk(directory):
+                for name in (*dirs, *files):
+                    os.chown(os.path.join(root, name), uid, uid, follow_symlinks=False)
+            os.chown(directory, uid, uid)
+        directory.chmod(0o700)
+        return uid
 
     def _on_control(self, worker: WorkerProcess) -> None:
         try:
@@ -180,6 +210,17 @@ class Supervisor:
         if kind != "stats":  # a periodic report is not activity
             worker.last_active = time.monotonic()
         if kind == "ready" and not worker.ready.done():
+            sandbox = event.get("sandbox")
+            worker.sandbox = sandbox if isinstance(sandbox, dict) else None
+            if worker.sandbox is not None:
+                log.info(
+                    "worker sandbox tenant=%s uid=%s landlock_abi=%s no_new_privs=%s fds=%s",
+                    worker.tenant,
+                    worker.sandbox.get("uid"),
+                    worker.sandbox.get("landlock"),
+                    worker.sandbox.get("no_new_privs"),
+                    worker.sandbox.get("fds"),
+                )
             worker.ready.set_result(int(event.get("pid", worker.pid)))
         elif kind == "open":
             worker.sessions += 1
@@ -267,6 +308,18 @@ class Supervisor:
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [{"tenant": w.tenant, "pid": w.pid, "sessions": w.sessions} for w in self.workers.values()]
+
+
+def others_can_traverse(path: Path) -> bool:
+    """Whether a uid with no special rights can reach ``path`` (o+x on every ancestor)."""
+    path = path.resolve()
+    for directory in (path, *path.parents):
+        try:
+            if not directory.stat().st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def _wait_briefly(proc: subprocess.Popen[bytes], timeout: float = 2.0) -> int | None:

@@ -21,7 +21,6 @@ import ctypes
 import json
 import logging
 import os
-import resource
 import signal
 import socket
 import sys
@@ -54,6 +53,8 @@ class WorkerOptions(argparse.Namespace):
     snapshot_wal_mb: float
     snapshot_interval: float
     shutdown_timeout: float
+    sandbox: str
+    uid: int
 
 
 def _parse(argv: list[str] | None) -> WorkerOptions:
@@ -74,6 +75,8 @@ def _parse(argv: list[str] | None) -> WorkerOptions:
     p.add_argument("--snapshot-wal-mb", type=float, default=256.0)
     p.add_argument("--snapshot-interval", type=float, default=300.0)
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
+    p.add_argument("--sandbox", choices=("on", "off"), default="on")
+    p.add_argument("--uid", type=int, default=-1)
     return p.parse_args(argv, namespace=WorkerOptions())
 
 
@@ -85,12 +88,6 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
-
-
-def _limit_memory(limit_mb: int) -> None:
-    if limit_mb > 0:
-        limit = limit_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
 class Worker:
@@ -151,6 +148,18 @@ class Worker:
             logging.shutdown()
             os._exit(0)
 
+    def lock_down(self) -> None:
+        """Apply the sandbox (see faiss_proxy_server.sandbox) before touching tenant data."""
+        from . import sandbox
+
+        opts = self.opts
+        self.sandbox = sandbox.apply(
+            Path(opts.data_dir or "."),
+            opts.memory_limit_mb,
+            opts.uid if opts.uid >= 0 else None,
+            landlock=opts.sandbox == "on",
+        )
+
     def notify(self, **event: Any) -> None:
         data = json.dumps(event).encode()
         with self._send_lock:
@@ -166,7 +175,7 @@ class Worker:
         threading.Thread(target=self.report_stats, name="stats", daemon=True).start()
         for i, fd in enumerate(int(f) for f in self.opts.rest_fds.split(",") if f):
             RestServer(socket.socket(fileno=fd), self.rest.handle, f"rest-{i}").start()
-        self.notify(event="ready", pid=os.getpid())
+        self.notify(event="ready", pid=os.getpid(), sandbox=getattr(self, "sandbox", None))
         while True:
             try:
                 msg, fds, _flags, _addr = socket.recv_fds(self.control, 65536, 4)
@@ -255,9 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=getattr(logging, opts.log_level.upper(), logging.INFO), handlers=[handler])
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     _die_with_parent()
-    _limit_memory(opts.memory_limit_mb)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    worker = Worker(opts)
+    worker = Worker(opts)  # imports faiss and the service before the file system is restricted
+    worker.lock_down()
     signal.signal(signal.SIGTERM, worker.terminate)
     worker.run()
 
