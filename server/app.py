@@ -36,7 +36,8 @@ from faiss_proxy import __version__
 
 from .catalog import Catalog, Principal
 from .config import Settings
-from .errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ProxyError, Unauthorized
+from .errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ProxyError, TooManyRequests, Unauthorized
+from .limits import RateLimits
 from .metrics import MetricsCollector
 from .openapi import openapi_spec
 from .rest import MUTATING_OPERATIONS
@@ -79,6 +80,11 @@ class BaseHandler(tornado.web.RequestHandler):
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         principal = self.catalog.authenticate(token.strip())
         self.tenant = principal.tenant
+        rates: RateLimits = self.application.settings["rates"]
+        wait = rates.take(principal.tenant)
+        if wait > 0:
+            self.set_header("Retry-After", str(max(1, round(wait + 0.5))))
+            raise TooManyRequests(f"tenant '{principal.tenant}' is over its request rate; retry in {wait:.2f} s")
         return principal
 
     def write_json(self, status: int, body: Any) -> None:
@@ -176,7 +182,10 @@ class RpcUpgradeHandler(BaseHandler):
         if upgrade != RPC_PROTOCOL or "upgrade" not in connection:
             raise BadRequest(f"RPC sessions need 'Connection: Upgrade' and 'Upgrade: {RPC_PROTOCOL}'")
         # Start the worker before answering 101, so a failure is still an HTTP error.
-        await self.supervisor.worker_for(principal.tenant)
+        worker = await self.supervisor.worker_for(principal.tenant)
+        limit = self.proxy_settings.tenant_max_sessions
+        if limit and worker.sessions + worker.pending >= limit:
+            raise TooManyRequests(f"tenant '{principal.tenant}' already has {limit} RPC sessions open (its limit)")
         header = {
             "session": secrets.token_hex(6),
             "tenant": principal.tenant,
@@ -440,6 +449,7 @@ def make_app(settings: Settings, catalog: Catalog, supervisor: Supervisor) -> to
         catalog=catalog,
         registry=registry,
         inflight=Inflight(),
+        rates=RateLimits(settings.tenant_rate_limit),
         supervisor=supervisor,
         proxy_settings=settings,
         started=time.monotonic(),

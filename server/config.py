@@ -114,6 +114,21 @@ SETTINGS: tuple[Setting, ...] = (
         30.0,
         "Seconds SIGTERM/SIGINT waits for in-flight requests and worker snapshots before stopping anyway.",
     ),
+    Setting("tenant_max_indexes", int, 0, "Most named indexes per tenant (403 / PermissionError beyond). 0: no limit."),
+    Setting(
+        "tenant_max_vectors",
+        int,
+        0,
+        "Most vectors in all named indexes of a tenant (403 / PermissionError beyond). 0: no limit.",
+    ),
+    Setting("tenant_max_sessions", int, 0, "Most concurrent RPC sessions per tenant (429 beyond). 0: no limit."),
+    Setting(
+        "tenant_rate_limit",
+        float,
+        0.0,
+        "Requests per second per tenant (REST requests and RPC session starts in the gateway, RPC calls in "
+        "the worker), with bursts of the same size; beyond: 429 / PermissionError. 0: no limit.",
+    ),
     Setting(
         "worker_sandbox",
         str,
@@ -155,6 +170,10 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     shutdown_timeout: float = 30.0
+    tenant_max_indexes: int = 0
+    tenant_max_vectors: int = 0
+    tenant_max_sessions: int = 0
+    tenant_rate_limit: float = 0.0
     worker_sandbox: str = "on"
     worker_uid_base: int = 0
     tls_cert: str = ""

@@ -17,6 +17,8 @@ __all__ = [
     "PayloadTooLarge",
     "StorageError",
     "OutOfMemory",
+    "LimitExceeded",
+    "TooManyRequests",
 ]
 
 
@@ -94,3 +96,19 @@ _BUILTIN: dict[int, type[Exception]] = {
     413: ValueError,
     503: ConnectionError,
 }
+
+
+class LimitExceeded(ProxyError):
+    """A per-tenant quota (vectors, named indexes) would be exceeded: nothing was changed."""
+
+    status = 403
+    code = "limit_exceeded"
+    builtin = PermissionError
+
+
+class TooManyRequests(ProxyError):
+    """The tenant's request rate or concurrent sessions are over their limit; retry later."""
+
+    status = 429
+    code = "rate_limited"
+    builtin = PermissionError

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadRequest, Conflict, NotFound, StorageError
+from .errors import BadRequest, Conflict, LimitExceeded, NotFound, StorageError
 from .metadata import Registry
 from .storage import SnapshotError, WriteAheadLog, read_snapshot, write_snapshot
 
@@ -412,7 +412,11 @@ class NamedIndexStore:
         fsync: bool = True,
         snapshot_wal_mb: float = 256.0,
         snapshot_interval: float = 300.0,
+        max_indexes: int = 0,
+        max_vectors: int = 0,
     ) -> None:
+        self.max_indexes = max_indexes
+        self.max_vectors = max_vectors
         self.faiss = faiss_module
         self.directory = directory
         self.apply_generic = apply_generic
@@ -447,6 +451,8 @@ class NamedIndexStore:
         if type(metric) is not str or metric.upper() not in ("L2", "IP"):
             raise BadRequest("metric must be 'L2' or 'IP'")
         metric = metric.upper()
+        if self.max_indexes and len(self.names()) >= self.max_indexes:
+            raise LimitExceeded(f"the tenant already has {self.max_indexes} named indexes (its limit)")
         factory, metric, tuning = factory_string(index_type, dimension, metric, params)
         index = self._build(dimension, factory, metric, tuning)
         definition = Definition(name, dimension, str(index_type), factory, metric)
@@ -563,6 +569,21 @@ class NamedIndexStore:
             path.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
         log.info("named index %s dropped", name)
+
+    def check_vectors(self, adding: int) -> None:
+        """Refuse ``adding`` more vectors if that would pass the tenant's limit."""
+        if not self.max_vectors or adding <= 0:
+            return
+        total = 0
+        for name in self.names():
+            try:
+                total += int(self.open(name).index.ntotal)
+            except NotFound:
+                continue
+        if total + adding > self.max_vectors:
+            raise LimitExceeded(
+                f"adding {adding} vectors would pass the tenant's limit of {self.max_vectors} ({total} stored)"
+            )
 
     def summary(self) -> dict[str, int]:
         """For metrics: named indexes on disk; vectors and unsnapshotted log bytes of the loaded ones."""

@@ -202,6 +202,8 @@ class RestApi:
         }
 
         def check() -> None:
+            new = sum(1 for ident in ids.tolist() if ident not in named.registry)
+            self.store.check_vectors(new)
             if not named.index.is_trained:
                 raise Conflict(f"index '{named.name}' is not trained: POST /v1/index/{named.name}/train first")
             for lab, ident in zip(kept_labels, ids.tolist(), strict=True):

@@ -37,7 +37,8 @@ import numpy as np
 
 from faiss_proxy import _wire as w
 
-from .errors import ProxyError
+from .errors import ProxyError, TooManyRequests
+from .limits import TokenBucket
 from .metrics import OperationStats
 from .named import PATH_FUNCTIONS, READ_FUNCTIONS, READ_METHODS, NamedIndex, NamedIndexStore
 from .reflection import Handle, Reflection, check_attribute
@@ -138,6 +139,10 @@ def _operation(fn: Callable[..., Any]) -> Callable[..., Any]:
         if self.op_stats is not None:
             self.op_stats.begin()
         try:
+            if self.rate is not None:
+                wait = self.rate.take()
+                if wait > 0:
+                    raise TooManyRequests(f"this tenant is over its request rate; retry in {wait:.2f} s")
             result = fn(self, *args)
         except Exception as exc:
             self.stats.count(False)
@@ -177,8 +182,10 @@ class FaissService:
         store: NamedIndexStore | None = None,
         read_only: bool = False,
         op_stats: OperationStats | None = None,
+        rate: TokenBucket | None = None,
     ) -> None:
         self.op_stats = op_stats
+        self.rate = rate
         self.reflection = reflection
         self.policy = policy
         self.version = version
@@ -353,8 +360,12 @@ class FaissService:
         self._check_writable(named, f"{name}()")
         _refuse_objects(named, f"{name}()", refs, target)
         header, blob = _log_record("call", target.path, name, tree, buffers)
+        check = None
+        if name in ("add", "add_with_ids") and self.store is not None and self.store.max_vectors:
+            store, rows = self.store, _leading_rows(tree)
+            check = lambda: store.check_vectors(rows)  # noqa: E731
         try:
-            result: Reply = named.write(header, blob)
+            result: Reply = named.write(header, blob, check=check)
         except ProxyError as exc:
             raise exc.as_builtin() from None
         return result
@@ -481,6 +492,17 @@ def _log_record(op: str, path: tuple[Any, ...], name: str, tree: Any, buffers: A
     header["sizes"] = [int(b.nbytes) for b in buffers]
     blob = b"".join(b.tobytes() for b in buffers)
     return header, blob
+
+
+def _leading_rows(tree: Any) -> int:
+    """Rows of a call's first positional array (the ``x`` of ``add(x)``), from its header."""
+    try:
+        node = tree[0][0]
+        if type(node) is list and node[0] == w.ND and node[2]:
+            return int(node[2][0])
+    except (IndexError, TypeError, ValueError):
+        pass
+    return 0
 
 
 def _sync_registry(named: NamedIndex, method: str, before: int, pos: list[Any], kw: dict[str, Any]) -> None:

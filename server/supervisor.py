@@ -43,6 +43,7 @@ class WorkerProcess:
     ready: asyncio.Future[int]
     rest: RestPool
     sessions: int = 0
+    pending: int = 0  # sessions handed off whose "open" event has not arrived yet
     inflight: int = 0
     sandbox: dict[str, Any] | None = None
     last_active: float = field(default_factory=time.monotonic)
@@ -75,6 +76,7 @@ class Supervisor:
         except OSError as exc:
             self._forget(worker, f"control channel failed: {exc}")
             raise ServiceUnavailable(f"worker for tenant '{tenant}' is not available") from exc
+        worker.pending += 1
         worker.last_active = time.monotonic()
 
     async def worker_for(self, tenant: str) -> WorkerProcess:
@@ -154,6 +156,12 @@ class Supervisor:
             str(s.shutdown_timeout),
             "--sandbox",
             s.worker_sandbox,
+            "--max-indexes",
+            str(s.tenant_max_indexes),
+            "--max-vectors",
+            str(s.tenant_max_vectors),
+            "--rate-limit",
+            str(s.tenant_rate_limit),
             "--uid",
             str(self._worker_uid(tenant)),
         ]
@@ -224,6 +232,7 @@ class Supervisor:
             worker.ready.set_result(int(event.get("pid", worker.pid)))
         elif kind == "open":
             worker.sessions += 1
+            worker.pending = max(0, worker.pending - 1)
         elif kind == "close":
             worker.sessions = max(0, worker.sessions - 1)
         elif kind == "stats":

@@ -55,6 +55,9 @@ class WorkerOptions(argparse.Namespace):
     shutdown_timeout: float
     sandbox: str
     uid: int
+    max_indexes: int
+    max_vectors: int
+    rate_limit: float
 
 
 def _parse(argv: list[str] | None) -> WorkerOptions:
@@ -76,6 +79,9 @@ def _parse(argv: list[str] | None) -> WorkerOptions:
     p.add_argument("--snapshot-interval", type=float, default=300.0)
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
     p.add_argument("--sandbox", choices=("on", "off"), default="on")
+    p.add_argument("--max-indexes", type=int, default=0)
+    p.add_argument("--max-vectors", type=int, default=0)
+    p.add_argument("--rate-limit", type=float, default=0.0)
     p.add_argument("--uid", type=int, default=-1)
     return p.parse_args(argv, namespace=WorkerOptions())
 
@@ -96,6 +102,7 @@ class Worker:
 
         from faiss_proxy import __version__
 
+        from .limits import TokenBucket
         from .metrics import OperationStats
         from .named import NamedIndexStore
         from .reflection import Reflection
@@ -119,7 +126,10 @@ class Worker:
             replayer.apply_logged,
             snapshot_wal_mb=opts.snapshot_wal_mb,
             snapshot_interval=opts.snapshot_interval,
+            max_indexes=opts.max_indexes,
+            max_vectors=opts.max_vectors,
         )
+        self.rate = TokenBucket(opts.rate_limit) if opts.rate_limit > 0 else None
         replayer.store = self.store
         self.rest = RestApi(self.store, self.policy.apply_rows, RestLimits(opts.max_k, opts.max_batch))
         self.op_stats = OperationStats()
@@ -208,7 +218,9 @@ class Worker:
 
         self.notify(event="open")
         read_only = header.get("scope") == "read-only"
-        service = FaissService(self.reflection, self.policy, self.version, self.store, read_only, self.op_stats)
+        service = FaissService(
+            self.reflection, self.policy, self.version, self.store, read_only, self.op_stats, self.rate
+        )
         started = time.monotonic()
         outcome = "closed"
         try:
