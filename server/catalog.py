@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -34,6 +35,7 @@ from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 
 __all__ = ["Catalog", "Tenant", "ApiKey", "Principal", "SCOPES"]
 
+log = logging.getLogger("faiss_proxy.catalog")
 ISSUER = "faiss-proxy"
 SCOPES = ("read-write", "read-only")
 _TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -308,5 +310,10 @@ class Catalog:
             now = time.time()
             if now - self._last_used.get(key_id, 0.0) >= self.LAST_USED_RESOLUTION:
                 self._last_used[key_id] = now
-                db.execute("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (now, key_id))
+                try:
+                    db.execute("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (now, key_id))
+                except sqlite3.OperationalError as exc:
+                    # A full or read-only data dir must not lock tenants out of reads:
+                    # "last used" is bookkeeping, authentication does not depend on it.
+                    log.warning("could not record the last use of key %s: %s", key_id, exc)
         return Principal(tenant=tenant, key_id=key_id, scope=scope)

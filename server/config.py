@@ -130,6 +130,13 @@ SETTINGS: tuple[Setting, ...] = (
         "the worker), with bursts of the same size; beyond: 429 / PermissionError. 0: no limit.",
     ),
     Setting(
+        "worker_nice",
+        int,
+        5,
+        "Nice value added to tenant workers, so the gateway (REST, admin, health) keeps CPU when busy "
+        "workers fill every core. 0: same priority as the gateway.",
+    ),
+    Setting(
         "worker_sandbox",
         str,
         "on",
@@ -174,6 +181,7 @@ class Settings:
     tenant_max_vectors: int = 0
     tenant_max_sessions: int = 0
     tenant_rate_limit: float = 0.0
+    worker_nice: int = 5
     worker_sandbox: str = "on"
     worker_uid_base: int = 0
     tls_cert: str = ""

@@ -546,7 +546,12 @@ class NamedIndexStore:
             except Exception as exc:
                 skipped += 1
                 log.warning("named index %s: log record %d failed again on replay, skipped: %s", name, record.seq, exc)
-        wal.open()
+        try:
+            wal.open()
+        except OSError as exc:
+            # A read-only or full data dir: the index serves reads; changes get a
+            # storage error (507) until the directory takes writes again.
+            log.error("named index %s: cannot open its write-ahead log (%s); serving it read-only", name, exc)
         log.info(
             "named index %s loaded: %d vectors, %d log records replayed (%d skipped) in %.2fs",
             name,

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .errors import BadRequest, Conflict, NotFound, OutOfMemory, PayloadTooLarge, ProxyError
+from .errors import BadRequest, Conflict, NotFound, OutOfMemory, PayloadTooLarge, ProxyError, StorageError
 from .metadata import check_metadata, string_to_id
 from .named import NamedIndex, NamedIndexStore
 
@@ -104,6 +104,9 @@ class RestApi:
         except MemoryError:
             exc2 = OutOfMemory("the tenant's memory limit was reached; the request was not applied")
             return exc2.status, _error(exc2.code, exc2.message)
+        except OSError as exc:
+            err = StorageError(f"the data dir could not be used ({exc.strerror or exc}); nothing was changed")
+            return err.status, _error(err.code, err.message)
         except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
             return 400, _error("faiss_error", _faiss_message(exc))
         except Exception:

@@ -28,6 +28,7 @@ deleted.  Start-up = newest snapshot + replay of every record after S.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -165,7 +166,7 @@ class WriteAheadLog:
     def append(self, header: dict[str, Any], blob: bytes | memoryview = b"") -> int:
         """Write one record and make it durable; returns its sequence number."""
         if self._file is None:
-            raise RuntimeError("write-ahead log is closed")
+            raise OSError(errno.EROFS, f"the write-ahead log in {self.directory} is not open for writing")
         seq = self.seq + 1
         parts = encode_record(seq, header, blob)
         start = self._file.tell()

@@ -156,6 +156,8 @@ class Supervisor:
             str(s.shutdown_timeout),
             "--sandbox",
             s.worker_sandbox,
+            "--nice",
+            str(s.worker_nice),
             "--max-indexes",
             str(s.tenant_max_indexes),
             "--max-vectors",

@@ -55,6 +55,7 @@ class WorkerOptions(argparse.Namespace):
     shutdown_timeout: float
     sandbox: str
     uid: int
+    nice: int
     max_indexes: int
     max_vectors: int
     rate_limit: float
@@ -79,6 +80,7 @@ def _parse(argv: list[str] | None) -> WorkerOptions:
     p.add_argument("--snapshot-interval", type=float, default=300.0)
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
     p.add_argument("--sandbox", choices=("on", "off"), default="on")
+    p.add_argument("--nice", type=int, default=0)
     p.add_argument("--max-indexes", type=int, default=0)
     p.add_argument("--max-vectors", type=int, default=0)
     p.add_argument("--rate-limit", type=float, default=0.0)
@@ -276,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=getattr(logging, opts.log_level.upper(), logging.INFO), handlers=[handler])
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     _die_with_parent()
+    if opts.nice > 0:
+        os.nice(opts.nice)  # the gateway keeps priority over busy workers
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     worker = Worker(opts)  # imports faiss and the service before the file system is restricted
     worker.lock_down()
