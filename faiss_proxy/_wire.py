@@ -82,6 +82,8 @@ ALLOWED_DTYPES = frozenset(
         "<f8",
     )
 )
+#: No real array has a dimension this large (numpy cannot even represent some).
+MAX_DIMENSION = 1 << 40
 MAX_NDIM = 8
 
 
@@ -143,6 +145,8 @@ def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
     for n in shape:
         if type(n) is not int or n < 0:
             raise ValueError(f"refused array shape {shape!r}: dimensions must be ints >= 0")
+        if n > MAX_DIMENSION:
+            raise ValueError(f"refused array shape {shape!r}: a dimension over {MAX_DIMENSION}")
     if type(buf) is not np.ndarray or buf.dtype is not _UINT8 or buf.ndim != 1:
         raise TypeError("refused array payload: not a raw buffer")
     expected = math.prod(shape) * dt.itemsize

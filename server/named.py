@@ -44,6 +44,7 @@ import numpy as np
 
 from .errors import BadRequest, Conflict, LimitExceeded, NotFound, StorageError
 from .metadata import Registry
+from .reflection import check_factory
 from .storage import SnapshotError, WriteAheadLog, read_snapshot, write_snapshot
 
 __all__ = [
@@ -480,6 +481,7 @@ class NamedIndexStore:
         faiss = self.faiss
         metric_type = faiss.METRIC_L2 if metric == "L2" else faiss.METRIC_INNER_PRODUCT
         try:
+            check_factory(factory)
             index = faiss.index_factory(d, factory, metric_type)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise BadRequest(f"index_factory({d}, {factory!r}) failed: {_first_line(exc)}") from None
@@ -564,14 +566,21 @@ class NamedIndexStore:
 
     def drop(self, name: Any) -> None:
         path = self._dir(name)
-        named = self.open(name)
-        with named.lock.write():
-            named.dropped = True
-            named.close()
-            with self._lock:
-                self._loaded.pop(name, None)
-            trash = path.with_name(f".dropped-{name}-{time.time_ns()}")
+        trash = path.with_name(f".dropped-{name}-{time.time_ns()}")
+        try:
+            named = self.open(name)
+        except NotFound:
+            raise
+        except Exception as exc:  # an index that cannot be loaded can still be dropped
+            log.warning("named index %s cannot be loaded (%s); dropping its files", name, exc)
             path.rename(trash)
+        else:
+            with named.lock.write():
+                named.dropped = True
+                named.close()
+                with self._lock:
+                    self._loaded.pop(name, None)
+                path.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
         log.info("named index %s dropped", name)
 

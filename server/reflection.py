@@ -192,6 +192,35 @@ def _checked_deserializer(deserialize: Callable[..., Any]) -> Callable[..., Any]
     return checked
 
 
+#: index_factory strings FAISS accepts but that crash or hang the process on first
+#: use (found by fuzzing: HNSW1 segfaults on add, PQ2x0 divides by zero in train,
+#: NSG1 never finishes building).  Refused with ValueError before anything is built.
+_DEGENERATE_FACTORY: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"HNSW[01](?![0-9])"), "HNSW needs M >= 2"),
+    (re.compile(r"[0-9]x0(?![0-9])"), "codes need at least 1 bit per subquantizer"),
+    (re.compile(r"NSG[0-3](?![0-9])"), "NSG needs R >= 4"),
+)
+
+
+def check_factory(description: Any) -> None:
+    """Refuse ``index_factory`` descriptions known to crash or hang FAISS."""
+    if not isinstance(description, str):
+        return
+    for pattern, reason in _DEGENERATE_FACTORY:
+        if pattern.search(description):
+            raise ValueError(f"index_factory: refused {description!r}: {reason}")
+
+
+def _checked_factory(factory: Callable[..., Any]) -> Callable[..., Any]:
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        check_factory(args[1] if len(args) > 1 else kwargs.get("description"))
+        return factory(*args, **kwargs)
+
+    checked.__name__ = factory.__name__
+    checked.__doc__ = factory.__doc__
+    return checked
+
+
 class Handle:
     """An opaque box around one server object, as a client sees it.
 
@@ -264,6 +293,9 @@ class Reflection:
         for name in ("deserialize_index", "deserialize_index_binary"):
             if name in self.functions:
                 self.functions[name] = _checked_deserializer(self.functions[name])
+        for name in ("index_factory", "index_binary_factory"):
+            if name in self.functions:
+                self.functions[name] = _checked_factory(self.functions[name])
         self._class_info: dict[type, tuple[Any, ...]] = {}
         self._vector_dtypes = dict(getattr(faiss_module, "vector_name_map", {}))
 

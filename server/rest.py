@@ -134,6 +134,8 @@ class RestApi:
                 infos.append(self.store.open(name).info())
             except NotFound:
                 continue  # dropped meanwhile
+            except Exception as exc:  # one damaged index must not hide the others
+                infos.append({"name": name, "error": _faiss_message(exc)})
         return 200, {"indexes": infos}
 
     def info(self, path: dict[str, str], req: dict[str, Any]) -> tuple[int, Any]:
