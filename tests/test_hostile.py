@@ -19,8 +19,9 @@ crash a worker, or hurt another session or tenant.
   limit: each is a 4xx/507 with a message or a Python exception, in bounded time, and the worker
   keeps serving.
 
-Bugs found while writing this file (degenerate factory strings that crashed or hung FAISS, an
-unloadable index that broke listing) are fixed; their tests are at the end.
+Section 5 holds what this file found: degenerate FAISS parameters that crash (signal) or hang a
+tenant worker.  Those fixed since are plain regression tests; those still open are
+``xfail(strict=True)`` and start passing (then failing as XPASS) when fixed.
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 @pytest.fixture
 def tenant(live: LiveServer) -> tuple[str, str]:
     return live.new_tenant("h")
+
+
+@pytest.fixture(scope="module")
+def shared_tenant(live: LiveServer) -> tuple[str, str]:
+    """One tenant for the many small parametrized attacks (a worker start per case costs ~0.4 s)."""
+    return live.new_tenant("shared")
 
 
 def _rss_mb(pid: int) -> int:
@@ -288,10 +295,10 @@ _GARBAGE_IDS = sorted(_garbage_requests("h", "k"))
 
 
 @pytest.mark.parametrize("case", _GARBAGE_IDS)
-def test_garbage_http_on_the_upgrade(live: LiveServer, tenant: tuple[str, str], case: str) -> None:
+def test_garbage_http_on_the_upgrade(live: LiveServer, shared_tenant: tuple[str, str], case: str) -> None:
     """Malformed requests on /v1/rpc get a 4xx or a closed connection (never a 5xx, a hang or a 101
     for a request that is not a well-formed upgrade), and nothing else is disturbed."""
-    name, key = tenant
+    name, key = shared_tenant
     fx = Faiss(live, key)
     try:
         index = fx.IndexFlatL2(4)  # a session of the tenant that is open during the attack
@@ -467,10 +474,15 @@ HOT_PATH_JUNK = [
 
 @pytest.mark.parametrize(("body", "attachments", "error", "match"), HOT_PATH_JUNK)
 def test_malformed_hot_path_requests_get_an_error_reply(
-    live: LiveServer, tenant: tuple[str, str], body: Any, attachments: tuple[np.ndarray, ...], error: str, match: str
+    live: LiveServer,
+    shared_tenant: tuple[str, str],
+    body: Any,
+    attachments: tuple[np.ndarray, ...],
+    error: str,
+    match: str,
 ) -> None:
     """Inside a well-formed frame, a broken request gets an exception reply; the session stays up."""
-    name, key = tenant
+    name, key = shared_tenant
     session = RawSession(live, key)
     try:
         kind, reply = session.call(body, attachments)
@@ -846,95 +858,146 @@ def test_rpc_huge_parameters(
 
 
 # ----------------------------------------------------------------------------------
-# 5. bugs found by this file, now fixed (the server refuses degenerate factories up front)
+# 5. degenerate FAISS parameters: native crashes and hangs
 # ----------------------------------------------------------------------------------
-#: index_factory strings that FAISS accepts but whose first add/train kills the process:
-#: (factory, operation that crashes, how the worker dies)
-CRASHING_FACTORIES = [
-    ("HNSW1", "upsert", "SIGSEGV"),
-    ("HNSW0", "upsert", "SIGABRT"),
-    ("PQ2x0", "train", "SIGFPE"),
-    ("RQ1x0", "upsert after train", "SIGSEGV"),
+X8 = np.random.RandomState(8).rand(300, 8).astype("float32")
+
+#: index_factory strings that crashed (signal) or hung the worker on first train/add when this file
+#: was written; refused up front since (``check_factory`` in server/reflection.py).
+REFUSED_FACTORIES = ["HNSW0", "HNSW1", "HNSW1,Flat", "IVF4_HNSW0,Flat", "PQ2x0", "RQ1x0", "LSQ1x0", "NSG1", "NSG3"]
+
+#: accepted by the server still (a denylist misses them): (factory, how FAISS dies, on what).  Found by
+#: running every factory template with sizes 0-3 (1079 strings, d=8, 300 vectors) in a forked child.
+STILL_CRASHING = [
+    ("IVF0,SQ8", "SIGSEGV in train"),
+    ("IVF0,PQ2x2", "SIGSEGV in train"),
+    ("IVF0,RaBitQ", "SIGSEGV in train"),
+    ("RQ0x2", "SIGSEGV in add"),
+    ("LSQ0x2", "SIGSEGV in train"),
+    ("OPQ2_0,PQ2", "SIGFPE in train"),
+    ("PCAR0,Flat", "SIGSEGV in train (LAPACK: SGEQRF parameter 4 illegal)"),
+    ("RR0,Flat", "SIGSEGV in train"),
+    ("HNSW2_SQ0", "SIGABRT in add (uncaught FaissException: QT_0bit)"),
+    ("ZnLattice0x1_0", "SIGFPE in index_factory itself (POST /v1/index answers 503)"),
 ]
 
 
-@pytest.mark.parametrize(("factory", "operation", "death"), CRASHING_FACTORIES, ids=[c[0] for c in CRASHING_FACTORIES])
-def test_bug_degenerate_factory_strings_crash_the_worker(
-    live: LiveServer, factory: str, operation: str, death: str
-) -> None:
-    name, key = live.new_tenant("crash")
+def _factory_cases() -> list[Any]:
+    cases: list[Any] = list(REFUSED_FACTORIES)
+    for factory, how in STILL_CRASHING:
+        reason = f"bug: '{factory}' is accepted; the tenant worker dies ({how}): REST 503 'worker stopped'"
+        cases.append(pytest.param(factory, marks=pytest.mark.xfail(strict=True, reason=reason), id=factory))
+    return cases
+
+
+@pytest.mark.parametrize("factory", _factory_cases())
+def test_degenerate_factory_strings_are_refused_or_harmless(live: LiveServer, factory: str) -> None:
+    """Creating a named index of any factory string, training it and adding to it gives 2xx/4xx
+    answers, and the tenant's worker survives."""
+    name, key = live.new_tenant("degen")
     rest = Rest(live.url, key)
-    status, reply = rest.post("/v1/index", {"name": "x", "dimension": 4, "index_type": factory})
-    if status == 400:
-        return  # refused up front: fixed
-    assert status == 201, reply
+    assert rest.get("/v1/index")[0] == 200  # the tenant's worker is up
     pid = _worker(live, name)
-    for path, body in (("train", {"vectors": X4.tolist()}), ("vectors", {"vectors": fuzz_vectors(300)})):
-        status, reply = rest.post(f"/v1/index/x/{path}", body)
-        # today: 503 "the tenant's worker stopped while handling the request" (worker killed by a signal)
-        assert status < 500, (operation, death, status, reply)
-        assert live.worker_pid(name) == pid
+    status, reply = rest.post("/v1/index", {"name": "x", "dimension": 8, "index_type": factory})
+    assert status in (201, 400), (status, reply)
+    if status == 201:
+        for path, body in (("train", {"vectors": X8.tolist()}), ("vectors", {"vectors": _items(X8)})):
+            status, reply = rest.post(f"/v1/index/x/{path}", body)
+            assert status < 500, (path, status, reply)  # a worker killed by a signal: 503
+    assert live.worker_pid(name) == pid
 
 
-def test_bug_degenerate_factory_over_rpc_kills_the_tenants_sessions(live: LiveServer) -> None:
-    name, key = live.new_tenant("crashrpc")
+def _items(x: np.ndarray) -> list[dict[str, Any]]:
+    return [{"id": str(i), "values": row.tolist()} for i, row in enumerate(x)]
+
+
+RPC_DEGENERATE: list[Any] = [
+    pytest.param(lambda fx: fx.index_factory(8, "HNSW1").add(X8), id="index_factory-HNSW1"),
+    pytest.param(lambda fx: fx.index_factory(8, "PQ2x0").train(X8), id="index_factory-PQ2x0"),
+    pytest.param(
+        lambda fx: fx.IndexHNSWFlat(8, 1).add(X8),
+        id="IndexHNSWFlat-M1",
+        marks=pytest.mark.xfail(
+            strict=True, reason="bug: class constructors bypass check_factory; IndexHNSWFlat(8, 1).add: SIGSEGV"
+        ),
+    ),
+    pytest.param(
+        lambda fx: fx.IndexHNSWFlat(8, 0).add(X8),
+        id="IndexHNSWFlat-M0",
+        marks=pytest.mark.xfail(strict=True, reason="bug: IndexHNSWFlat(8, 0).add kills the worker (SIGABRT)"),
+    ),
+    pytest.param(
+        lambda fx: fx.index_factory(8, "IVF0,SQ8").train(X8),
+        id="index_factory-IVF0,SQ8",
+        marks=pytest.mark.xfail(strict=True, reason="bug: 'IVF0,SQ8' passes check_factory; train: SIGSEGV"),
+    ),
+]
+
+
+@pytest.mark.parametrize("call", RPC_DEGENERATE)
+def test_degenerate_parameters_over_rpc_leave_the_tenants_other_sessions_alone(
+    live: LiveServer, call: Callable[[Any], Any]
+) -> None:
+    name, key = live.new_tenant("degrpc")
     bystander, attacker = Faiss(live, key), Faiss(live, key)
     try:
         kept = bystander.IndexFlatL2(4)
         kept.add(X4[:3])
         pid = _worker(live, name)
-        with pytest.raises((ValueError, RuntimeError)):
-            attacker.index_factory(4, "HNSW1").add(X4)  # today: ConnectionError (worker died)
-        assert kept.ntotal == 3  # today: ConnectionError, the bystander session died with the worker
+        with pytest.raises((ValueError, RuntimeError, AssertionError)):
+            call(attacker)  # a worker killed by a signal: ConnectionError
+        assert kept.ntotal == 3  # the bystander session survives
         assert live.worker_pid(name) == pid
     finally:
         bystander.close()
         attacker.close()
 
 
-def test_bug_unloadable_named_index_breaks_listing_and_cannot_be_dropped(live: LiveServer) -> None:
-    name, key = live.new_tenant("unload")
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: IndexNSGFlat(8, 1).add(300 vectors) over RPC never returns (NNDescent loops forever, one core "
+    "at 100 % until the worker is killed); check_factory refuses 'NSG1' only as a factory string",
+)
+def test_nsg_with_tiny_r_over_rpc_answers(live: LiveServer) -> None:
+    name, key = live.new_tenant("nsgrpc")
+    fx = Faiss(live, key, timeout=4)
+    assert fx.IndexFlatL2(8).ntotal == 0
+    pid = _worker(live, name)
+    try:
+        with pytest.raises((ValueError, RuntimeError)):
+            fx.IndexNSGFlat(8, 1).add(X8)  # today: TimeoutError after 4 s, the worker thread still spinning
+    finally:
+        fx.close()
+        if live.worker_pid(name) == pid:
+            os.kill(pid, signal.SIGKILL)  # stop the spinning thread (this test's own tenant worker)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="schema: with a damaged named index, GET /v1/index lists it as {name, error} (IndexInfo requires "
+    "dimension, ntotal, ...) and GET /v1/index/{index} answers 507, which the description does not document",
+)
+def test_damaged_named_index_answers_conform_to_the_description(live: LiveServer) -> None:
+    name, key = live.new_tenant("damaged")
     rest = Rest(live.url, key)
     assert rest.post("/v1/index", {"name": "good", "dimension": 4})[0] == 201
-    status, reply = rest.post("/v1/index", {"name": "bad", "dimension": 4, "index_type": "PQ2x0"})
-    if status == 400:
-        return  # refused up front: fixed
-    assert status == 201, reply
-    os.kill(_worker(live, name), signal.SIGKILL)  # any restart (crash, idle timeout, server restart)
+    assert rest.post("/v1/index", {"name": "bad", "dimension": 4})[0] == 201
+    os.kill(_worker(live, name), signal.SIGKILL)
     deadline = time.monotonic() + 10
     while live.worker_pid(name) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
+    snapshot = next(Path(live.server.settings.data_dir).rglob(f"tenants/{name}/indexes/bad/snapshot.bin"))
+    snapshot.write_bytes(b"\0" * snapshot.stat().st_size)  # unreadable, as after a bad disk or a faiss refusal
+    fuzzer = fuzz_rest.Fuzzer(live.url, key)
     status, reply = rest.get("/v1/index")
-    assert status == 200, reply  # today: 400 faiss_error "invalid ProductQuantizer nbits=0"
-    assert rest.delete("/v1/index/bad")[0] == 200
-
-
-@pytest.mark.timeout(60)
-def test_bug_nsg_with_tiny_r_hangs_the_tenants_rest(live: LiveServer) -> None:
-    name, key = live.new_tenant("hang")
-    rest = Rest(live.url, key)
-    status, reply = rest.post("/v1/index", {"name": "nsg", "dimension": 4, "index_type": "NSG1"})
-    if status == 400:
-        return  # refused up front: fixed
-    assert status == 201, reply
-    pid = _worker(live, name)
-    answers: dict[str, Any] = {}
-
-    def upsert() -> None:
-        answers["upsert"] = rest.post("/v1/index/nsg/vectors", {"vectors": fuzz_vectors(300)})
-
-    def listing() -> None:
-        answers["list"] = rest.get("/v1/index")
-
-    try:
-        t1 = threading.Thread(target=upsert, daemon=True)
-        t1.start()
-        t1.join(5)
-        t2 = threading.Thread(target=listing, daemon=True)
-        t2.start()
-        t2.join(2)
-        assert "list" in answers and answers["list"][0] == 200, "GET /v1/index hangs behind the stuck upsert"
-        assert "upsert" in answers and answers["upsert"][0] < 500, "the upsert never answered"
-    finally:
-        if "upsert" not in answers:
-            os.kill(pid, signal.SIGKILL)  # the worker spins forever otherwise
+    assert status == 200 and "good" in [i["name"] for i in reply["indexes"]], reply  # listing survives (fixed)
+    failures = []
+    for path, method, params in (("/v1/index", "GET", {}), ("/v1/index/{index}", "GET", {"index": "bad"})):
+        case = fuzzer.schema[path][method].Case(path_parameters=params)
+        response = case.call(session=fuzzer.session, timeout=10)
+        try:
+            case.validate_response(response, checks=fuzz_rest.CHECKS)
+        except Exception as exc:
+            failures.append(f"{method} {path} {params}: {response.status_code} {exc}"[:600])
+    assert rest.delete("/v1/index/bad")[0] == 200  # a damaged index can be dropped (fixed)
+    assert not failures, "\n".join(failures)
