@@ -34,8 +34,8 @@ import tornado.web
 from faiss_proxy_server.catalog import ApiKey, Catalog, Tenant
 from faiss_proxy_server.cli import parse_expiry
 from faiss_proxy_server.config import Settings
-from faiss_proxy_server.errors import BadRequest, NotFound, ProxyError, Unauthorized
-from faiss_proxy_server.metrics import _rss_bytes
+from faiss_proxy_server.errors import BadRequest, NotFound, ProxyError, Unauthorized, describe
+from faiss_proxy_server.metrics import rss_bytes
 from faiss_proxy_server.supervisor import Supervisor
 
 from .auth import ADMIN_USER, AdminPassword, LoginThrottle
@@ -98,7 +98,7 @@ def tenant_usage(ctx: AdminContext, tenant: Tenant, keys: list[ApiKey]) -> dict[
         "status": tenant.status,
         "created_at": tenant.created_at,
         "worker": (
-            {"state": "running", "pid": worker.pid, "sessions": worker.sessions, "rss_bytes": _rss_bytes(worker.pid)}
+            {"state": "running", "pid": worker.pid, "sessions": worker.sessions, "rss_bytes": rss_bytes(worker.pid)}
             if worker is not None and worker.alive
             else {"state": "stopped", "pid": None, "sessions": 0, "rss_bytes": None}
         ),
@@ -439,14 +439,10 @@ class ApiHandler(AdminHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ProxyError):
-            code, message = exc.code, exc.message
-        elif status_code == 403:
+        if status_code == 403 and not isinstance(exc, ProxyError):
             code, message = "forbidden", "XSRF token missing or wrong (send X-XSRFToken, or use Basic auth)"
-        elif isinstance(exc, tornado.web.HTTPError):
-            code, message = "http_error", exc.log_message or self._reason
         else:
-            code, message = "internal", "internal server error"
+            code, message = describe(exc, self._reason)
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Basic realm="faiss-proxy admin"')
         self.set_header("Content-Type", "application/json")

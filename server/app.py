@@ -36,7 +36,16 @@ from faiss_proxy import __version__
 
 from .catalog import Catalog, Principal
 from .config import Settings
-from .errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ProxyError, TooManyRequests, Unauthorized
+from .errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    ProxyError,
+    TooManyRequests,
+    Unauthorized,
+    describe,
+)
 from .limits import RateLimits
 from .metrics import MetricsCollector
 from .openapi import openapi_spec
@@ -94,12 +103,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ProxyError):
-            code, message = exc.code, exc.message
-        elif isinstance(exc, tornado.web.HTTPError):
-            code, message = "http_error", exc.log_message or self._reason
-        else:
-            code, message = "internal", "internal server error"
+        code, message = describe(exc, self._reason)
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="faiss-proxy"')
         self.set_header("Content-Type", "application/json")

@@ -19,6 +19,7 @@ __all__ = [
     "OutOfMemory",
     "LimitExceeded",
     "TooManyRequests",
+    "describe",
 ]
 
 
@@ -85,6 +86,17 @@ class OutOfMemory(ProxyError):
     status = 507
     code = "out_of_memory"
     builtin = MemoryError
+
+
+def describe(exc: BaseException | None, reason: str) -> tuple[str, str]:
+    """``(code, message)`` of the one error shape, for any exception a handler saw."""
+    import tornado.web
+
+    if isinstance(exc, ProxyError):
+        return exc.code, exc.message
+    if isinstance(exc, tornado.web.HTTPError):
+        return "http_error", exc.log_message or reason
+    return "internal", "internal server error"
 
 
 _BUILTIN: dict[int, type[Exception]] = {

@@ -33,7 +33,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["BUCKETS", "OperationStats", "GatewayMetrics", "MetricsCollector"]
+__all__ = ["BUCKETS", "OperationStats", "GatewayMetrics", "MetricsCollector", "rss_bytes"]
 
 #: Latency buckets in seconds: from a 100 µs RPC call to a minute-long training.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30, 60)
@@ -157,7 +157,7 @@ class MetricsCollector(Collector):
         rss = GaugeMetricFamily("faiss_proxy_worker_rss_bytes", "Resident memory of tenant workers.", labels=["tenant"])
         for w in workers:
             sessions.add_metric([w.tenant], w.sessions)
-            value = _rss_bytes(w.pid)
+            value = rss_bytes(w.pid)
             if value is not None:
                 rss.add_metric([w.tenant], value)
         yield sessions
@@ -180,7 +180,7 @@ class MetricsCollector(Collector):
             yield family
 
 
-def _rss_bytes(pid: int) -> int | None:
+def rss_bytes(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/statm") as fh:
             pages = int(fh.read().split()[1])
