@@ -482,13 +482,15 @@ class Client:
         with self._lock:
             if name not in self._classes:
                 rows = self.connection().invoke("describe", name)
-                for cname, bases, methods, props in reversed(rows):
+                for cname, bases, methods, props, *more in reversed(rows):
                     if cname in self._classes:
                         continue
                     base_types = tuple(self._classes[b] for b in bases if b in self._classes)
                     ns: dict[str, Any] = {"__slots__": (), "__module__": "faiss_proxy"}
                     ns.update({m: _make_method(m) for m in methods})
                     ns.update({p: _make_property(p) for p in props})
+                    # class constants (ScalarQuantizer.QT_8bit); an older server sends none
+                    ns.update({c: v for c, v in (more[0] if more else ()) if type(v) in (bool, int, float)})
                     new = _RemoteClass(cname, base_types or (RemoteObject,), ns)
                     new._fp_client = self
                     self._classes[cname] = new

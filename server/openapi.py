@@ -104,9 +104,9 @@ _ERRORS: dict[str, tuple[str, str, str, str]] = {
     ),
     "500": (
         "InternalError",
-        "An unexpected server error (`internal`), or the index's stored data cannot be read (`storage_error`).",
-        "storage_error",
-        "named index 'docs' cannot be loaded: its snapshot is damaged",
+        "An unexpected server error (`internal`); the message says no more, the server log has the detail.",
+        "internal",
+        "internal server error",
     ),
     "503": (
         "Unavailable",
@@ -115,14 +115,16 @@ _ERRORS: dict[str, tuple[str, str, str, str]] = {
         "the tenant's worker stopped; retry the request",
     ),
     "507": (
-        "OutOfMemory",
-        "The tenant's worker reached its memory limit; the request was not applied (`out_of_memory`).",
+        "InsufficientStorage",
+        "The tenant's worker reached its memory limit (`out_of_memory`), or the data dir cannot take the "
+        "change (disk full, read-only) or the index's stored data cannot be read (`storage_error`); nothing "
+        "was applied.",
         "out_of_memory",
         "the tenant's memory limit was reached; the request was not applied",
     ),
 }
 
-_READ = ("401", "403", "500", "503")  # every authenticated operation that reaches the worker
+_READ = ("401", "403", "500", "503", "507")  # every authenticated operation that reaches the worker
 _ON_INDEX = ("400", "404", *_READ)  # ... on one named index
 
 
@@ -461,7 +463,23 @@ def _schemas() -> Json:
                 "wal_bytes",
             ],
         ),
-        "IndexList": _obj({"indexes": _array(_ref("IndexInfo"), "The tenant's named indexes, by name.")}, ["indexes"]),
+        "DamagedIndex": _obj(
+            {
+                "name": _ref("IndexName"),
+                "error": _str("Why the index cannot be loaded (its stored data is damaged or unreadable)."),
+            },
+            ["name", "error"],
+            description="A named index whose data cannot be loaded; it can still be dropped.",
+        ),
+        "IndexList": _obj(
+            {
+                "indexes": _array(
+                    {"anyOf": [_ref("IndexInfo"), _ref("DamagedIndex")]},
+                    "The tenant's named indexes, by name; one whose data cannot be loaded is listed with its error.",
+                )
+            },
+            ["indexes"],
+        ),
         "UpsertItem": _obj(
             {
                 "id": _ref("VectorId"),
@@ -728,7 +746,7 @@ def _index_paths() -> Json:
                 "Create an index",
                 "Creates a durable named index, shared by every client of the tenant (REST and Python).",
                 _ok(_ref("IndexInfo"), "The new index.", "201"),
-                ("400", "409", "413", "507", *_READ),
+                ("400", "409", "413", *_READ),
                 {"409": "An index of that name exists (`conflict`)."},
                 request_body=_body(
                     "CreateIndexRequest",
@@ -770,7 +788,7 @@ def _index_paths() -> Json:
                     ),
                     "The index was trained.",
                 ),
-                ("413", "507", *_ON_INDEX),
+                ("413", *_ON_INDEX),
                 request_body=_body("TrainRequest", "Training vectors."),
             ),
         },
@@ -793,7 +811,7 @@ def _index_paths() -> Json:
                 "Remove all vectors",
                 "Removes every vector and its metadata; the index stays (trained, if it was).",
                 _ok(_obj({"ntotal": {"const": 0}}, ["ntotal"]), "The index is empty."),
-                ("507", *_ON_INDEX),
+                _ON_INDEX,
             ),
         },
         "/v1/index/{index}/vectors": {
@@ -814,7 +832,7 @@ def _index_paths() -> Json:
                     ),
                     "The vectors were stored.",
                 ),
-                ("409", "413", "507", *_ON_INDEX),
+                ("409", "413", *_ON_INDEX),
                 {"409": "The index is not trained, or an id's hash collides with another stored id (`conflict`)."},
                 request_body=_body(
                     "UpsertRequest",
@@ -846,7 +864,7 @@ def _index_paths() -> Json:
                     ),
                     "The vector was deleted.",
                 ),
-                ("507", *_ON_INDEX),
+                _ON_INDEX,
             ),
         },
         "/v1/index/{index}/search": {
@@ -858,7 +876,7 @@ def _index_paths() -> Json:
                 "The `k` nearest vectors to each query, optionally among those whose metadata matches `filter`. "
                 + _SCORE,
                 _ok(_ref("SearchResponse"), "`{results: [Hit]}` for `vector`, `{results: [[Hit]]}` for `vectors`."),
-                ("409", "413", "507", *_ON_INDEX),
+                ("409", "413", *_ON_INDEX),
                 {"409": not_trained},
                 request_body=_body(
                     "SearchRequest",
@@ -872,7 +890,7 @@ def _index_paths() -> Json:
                 "k-nearest-neighbor search (query string)",
                 "The search for one query given in the query string. " + _SCORE,
                 _ok(_ref("SearchResponse"), "`{results: [Hit]}`."),
-                ("409", "507", *_ON_INDEX),
+                ("409", *_ON_INDEX),
                 {"409": not_trained},
                 parameters=[
                     _query(
@@ -918,7 +936,7 @@ def _index_paths() -> Json:
                     "`range_search`: `{results: RangeResult}` (a list of them for `vectors`); "
                     "`search_and_reconstruct`: as search; `reconstruct`: `{id, values}`.",
                 ),
-                ("409", "413", "507", *_ON_INDEX),
+                ("409", "413", *_ON_INDEX),
                 {"409": not_trained},
                 request_body=_body(
                     "SpecializedSearchRequest",

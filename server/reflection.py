@@ -35,7 +35,16 @@ import numpy as np
 
 from faiss_proxy import _wire as w
 
-__all__ = ["Reflection", "Handle", "check_attribute", "DENIED_FUNCTIONS", "ExposureError"]
+__all__ = [
+    "Reflection",
+    "Handle",
+    "check_attribute",
+    "check_built",
+    "check_factory",
+    "checked_method",
+    "DENIED_FUNCTIONS",
+    "ExposureError",
+]
 
 
 class ExposureError(AttributeError):
@@ -185,7 +194,9 @@ def _checked_deserializer(deserialize: Callable[..., Any]) -> Callable[..., Any]
                     f"refused: the index data contains a file-backed inverted-lists record ({tag.decode()}); "
                     "on-disk inverted lists would open files on the server"
                 )
-        return deserialize(data)
+        index = deserialize(data)
+        check_built(index)
+        return index
 
     checked.__name__ = deserialize.__name__
     checked.__doc__ = deserialize.__doc__
@@ -193,13 +204,77 @@ def _checked_deserializer(deserialize: Callable[..., Any]) -> Callable[..., Any]
 
 
 #: index_factory strings FAISS accepts but that crash or hang the process on first
-#: use (found by fuzzing: HNSW1 segfaults on add, PQ2x0 divides by zero in train,
-#: NSG1 never finishes building).  Refused with ValueError before anything is built.
+#: use (found by fuzzing every factory template with sizes 0-3: HNSW1 segfaults on
+#: add, PQ2x0 divides by zero in train, NSG1 never finishes building, IVF0, RQ0x2,
+#: OPQ2_0, PCAR0, RR0, HNSW2_SQ0 and ZnLattice0x1_0 die in train, add or the factory
+#: itself).  No size in a factory string may be 0: a number 0 standing alone (not a
+#: digit of 10, 1024, ...) is refused.  Refused with ValueError before anything is built.
 _DEGENERATE_FACTORY: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?<![0-9.])0+(?![0-9.])"), "sizes (nlist, M, bits, dimensions) must be at least 1"),
     (re.compile(r"HNSW[01](?![0-9])"), "HNSW needs M >= 2"),
-    (re.compile(r"[0-9]x0(?![0-9])"), "codes need at least 1 bit per subquantizer"),
     (re.compile(r"NSG[0-3](?![0-9])"), "NSG needs R >= 4"),
 )
+
+#: The smallest graph degrees FAISS builds without crashing or looping forever
+#: (HNSW M=1 segfaults and M=0 aborts on add; NSG with R < 4 never finishes).
+MIN_HNSW_M = 2
+MIN_NSG_R = 4
+
+
+def check_built(obj: Any) -> None:
+    """Refuse an object built by a class constructor whose graph degree would crash
+    or hang FAISS on first use: the constructor twin of :func:`check_factory`
+    (``IndexHNSWFlat(d, 1)`` is ``index_factory(d, "HNSW1")``)."""
+    hnsw = obj if type(obj).__name__ == "HNSW" else getattr(obj, "hnsw", None)
+    if hnsw is not None and type(hnsw).__name__ == "HNSW":
+        # cum_nneighbor_per_level: 0, 2M, 3M, ... (level 0 keeps 2M neighbours); for M=1
+        # FAISS leaves it at [0] (no level at all), for a huge M at [0, 2M]
+        cum = hnsw.cum_nneighbor_per_level
+        m = (cum.at(1) - cum.at(0)) // 2 if cum.size() > 1 else 0
+        if m < MIN_HNSW_M:
+            raise ValueError(f"{type(obj).__name__}: refused M={max(m, 0)}: HNSW needs M >= {MIN_HNSW_M}")
+    nsg = getattr(obj, "nsg", None)
+    if nsg is not None and type(nsg).__name__ == "NSG" and nsg.R < MIN_NSG_R:
+        raise ValueError(f"{type(obj).__name__}: refused R={nsg.R}: NSG needs R >= {MIN_NSG_R}")
+
+
+def _int_arg(args: tuple[Any, ...], kwargs: dict[str, Any], position: int, name: str) -> Any:
+    value = args[position] if len(args) > position else kwargs.get(name)
+    return int(value) if isinstance(value, (int, np.integer)) else None
+
+
+def _check_default_probas(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    m = _int_arg(args, kwargs, 0, "M")
+    if m is not None and m < MIN_HNSW_M:
+        raise ValueError(f"HNSW.set_default_probas: refused M={m}: HNSW needs M >= {MIN_HNSW_M}")
+
+
+def _check_nb_neighbors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    n = _int_arg(args, kwargs, 1, "n")
+    if n is not None and n < MIN_HNSW_M:
+        raise ValueError(f"HNSW.set_nb_neighbors: refused n={n}: each HNSW level needs >= {MIN_HNSW_M} neighbours")
+
+
+#: Methods that resize an HNSW graph after construction; their arguments get the
+#: same floor as the constructor (``set_nb_neighbors(0, 0)`` aborts the next add).
+_ARGUMENT_CHECKS: dict[str, Callable[[tuple[Any, ...], dict[str, Any]], None]] = {
+    "set_default_probas": _check_default_probas,
+    "set_nb_neighbors": _check_nb_neighbors,
+}
+
+
+def checked_method(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` itself, or for the few methods in :data:`_ARGUMENT_CHECKS` a wrapper
+    that refuses degenerate arguments before FAISS sees them."""
+    check = _ARGUMENT_CHECKS.get(name)
+    if check is None:
+        return method
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        check(args, kwargs)
+        return method(*args, **kwargs)
+
+    return checked
 
 
 def check_factory(description: Any) -> None:
@@ -214,7 +289,9 @@ def check_factory(description: Any) -> None:
 def _checked_factory(factory: Callable[..., Any]) -> Callable[..., Any]:
     def checked(*args: Any, **kwargs: Any) -> Any:
         check_factory(args[1] if len(args) > 1 else kwargs.get("description"))
-        return factory(*args, **kwargs)
+        index = factory(*args, **kwargs)
+        check_built(index)
+        return index
 
     checked.__name__ = factory.__name__
     checked.__doc__ = factory.__doc__
@@ -313,8 +390,10 @@ class Reflection:
         return _is_faiss_code(cls) and denied_class_reason(cls.__name__) is None
 
     def describe(self, cls: type) -> tuple[Any, ...]:
-        """Class info for the client proxy: ``(name, bases, methods, properties)`` per
-        class of ``cls``'s MRO that faiss defines, most derived first."""
+        """Class info for the client proxy: ``(name, bases, methods, properties,
+        constants)`` per class of ``cls``'s MRO that faiss defines, most derived first;
+        ``constants`` are the class's plain number attributes as ``(name, value)`` pairs
+        (``ScalarQuantizer.QT_8bit``)."""
         cached = self._class_info.get(cls)
         if cached is not None:
             return cached
@@ -323,7 +402,7 @@ class Reflection:
             if klass is object or not _is_faiss_code(klass):
                 continue
             bases = tuple(b.__name__ for b in klass.__bases__ if _is_faiss_code(b))
-            methods, props = [], []
+            methods, props, constants = [], [], []
             for name, value in vars(klass).items():
                 try:
                     check_attribute(name)
@@ -335,7 +414,9 @@ class Reflection:
                     continue
                 elif callable(value):
                     methods.append(name)
-            rows.append((klass.__name__, bases, tuple(methods), tuple(props)))
+                elif type(value) in _CONSTANT_TYPES:
+                    constants.append((name, value))
+            rows.append((klass.__name__, bases, tuple(methods), tuple(props), tuple(constants)))
         info = tuple(rows)
         self._class_info[cls] = info
         return info

@@ -41,7 +41,7 @@ from .errors import ProxyError, TooManyRequests
 from .limits import TokenBucket
 from .metrics import OperationStats
 from .named import PATH_FUNCTIONS, READ_FUNCTIONS, READ_METHODS, NamedIndex, NamedIndexStore
-from .reflection import Handle, Reflection, check_attribute
+from .reflection import Handle, Reflection, check_attribute, check_built, checked_method
 
 __all__ = ["FaissService", "ThreadPolicy", "SessionStats", "READ_ONLY_INPUT_METHODS"]
 
@@ -241,7 +241,13 @@ class FaissService:
                 f"a named index cannot be passed to faiss.{name}(): it could then change without being logged; "
                 "use faiss.clone_index(index) for a private copy"
             )
-        return self._invoke(cls, name, tree, buffers, refs, keep=())
+
+        def build(*args: Any, **kwargs: Any) -> Any:
+            obj = cls(*args, **kwargs)
+            check_built(obj)
+            return obj
+
+        return self._invoke(build, name, tree, buffers, refs, keep=())
 
     @_operation
     def op_function(self, target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
@@ -266,7 +272,7 @@ class FaissService:
     @_operation
     def op_call(self, target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
         obj = self._unwrap(target)
-        method = getattr(obj, check_attribute(name))
+        method = checked_method(name, getattr(obj, check_attribute(name)))
         if not callable(method):
             raise TypeError(f"'{type(method).__name__}' object is not callable")
         if target.named is not None:

@@ -51,6 +51,23 @@ def test_ivfflat_with_explicit_quantizer(remote: ModuleType, local_faiss: Module
     _same_knn(*r.search(dataset.xq, 5), *lo.search(dataset.xq, 5))
 
 
+def test_scalar_quantizer_with_class_constants(remote: ModuleType, local_faiss: ModuleType, dataset: Dataset) -> None:
+    """``faiss.ScalarQuantizer.QT_8bit`` and friends are class attributes, as in FAISS's wiki."""
+    for qtype in ("QT_8bit", "QT_4bit", "QT_fp16"):
+        assert getattr(remote.ScalarQuantizer, qtype) == getattr(local_faiss.ScalarQuantizer, qtype)
+
+    def build(faiss: ModuleType) -> object:
+        index = faiss.IndexScalarQuantizer(dataset.d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
+        index.train(dataset.xt)
+        index.add(dataset.xb)
+        return index
+
+    r, lo = build(remote), build(local_faiss)
+    assert r.sq.qtype == remote.ScalarQuantizer.QT_8bit
+    _same_knn(*r.search(dataset.xq, 5), *lo.search(dataset.xq, 5))
+    assert remote.DirectMap.Hashtable == local_faiss.DirectMap.Hashtable  # the same for any faiss class
+
+
 def test_ivfpq_index_factory(remote: ModuleType, local_faiss: ModuleType, dataset: Dataset) -> None:
     r = remote.index_factory(dataset.d, "IVF16,PQ8x4")
     lo = local_faiss.index_factory(dataset.d, "IVF16,PQ8x4")
