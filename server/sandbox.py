@@ -16,7 +16,9 @@ worker right after start, before any tenant data is read:
   worker drops to it, so even without Landlock it cannot open another tenant's
   files;
 * **Landlock** (Linux 5.13+; setting ``worker_sandbox``): the worker may read
-  only the Python installation, its own packages and system libraries, and read
+  only the Python installation, its own packages and system libraries, the few
+  files of ``/etc`` the loader and libc need, its own ``/proc/<pid>`` (not other
+  processes' environment or memory maps) and harmless ``/dev`` nodes, and read
   and write only beneath its own tenant directory.  With Landlock ABI 4+ it may
   not open or accept TCP connections (it never needs to: the gateway hands it
   sockets), and with ABI 6+ it may not signal processes or reach abstract Unix
@@ -148,8 +150,34 @@ def _readable_roots() -> list[Path]:
 
     for module in (faiss_proxy, faiss_proxy_server):
         roots.add(str(Path(module.__file__ or ".").resolve().parent))
-    roots.update(["/usr", "/lib", "/lib64", "/lib32", "/etc", "/proc", "/sys", "/dev"])
+    roots.update(["/usr", "/lib", "/lib64", "/lib32", "/sys"])
+    # Of /etc only what the dynamic loader, libc and Python read: not TLS keys, not
+    # shadow files, not the host's configuration.
+    roots.update(f"/etc/{name}" for name in _ETC_FILES)
+    roots.update(str(p) for p in Path("/etc").glob("python3*"))
+    # Of /proc only this process and a few system-wide counters: another process's
+    # environ or cmdline (the gateway's holds FAISS_PROXY_ADMIN_PASSWORD) stays
+    # unreadable even where the worker keeps the gateway's uid.
+    roots.update([f"/proc/{os.getpid()}", *(f"/proc/{name}" for name in _PROC_FILES)])
+    # Of /dev only the harmless character devices: no disks, no terminals.
+    roots.update(f"/dev/{name}" for name in _DEV_FILES)
     return [Path(r) for r in sorted(roots)]
+
+
+_ETC_FILES = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "localtime",
+    "timezone",
+    "nsswitch.conf",
+    "passwd",
+    "group",
+    "os-release",
+)
+_PROC_FILES = ("cpuinfo", "meminfo", "stat", "loadavg", "sys")
+_DEV_FILES = ("null", "zero", "urandom", "random", "full")
 
 
 def apply(tenant_dir: Path, memory_limit_mb: int, uid: int | None, landlock: bool) -> dict[str, Any]:

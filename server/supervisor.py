@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from .errors import ServiceUnavailable
 from .metrics import GatewayMetrics
 from .restchannel import RestPool
 
-__all__ = ["Supervisor", "WorkerProcess"]
+__all__ = ["Supervisor", "WorkerProcess", "worker_environment"]
 
 log = logging.getLogger("faiss_proxy.supervisor")
 
@@ -52,6 +53,18 @@ class WorkerProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+
+#: What a worker inherits of the gateway's environment: how to run Python and its
+#: native libraries, nothing else.  Secrets (FAISS_PROXY_ADMIN_PASSWORD, the metrics
+#: token, cloud credentials of the host) stay out of a process that runs tenants' calls.
+_WORKER_ENV_NAMES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "HOME", "LD_LIBRARY_PATH", "VIRTUAL_ENV"})
+_WORKER_ENV_PREFIXES = ("LC_", "PYTHON", "OMP_", "GOMP_", "KMP_", "OPENBLAS_", "MKL_", "MALLOC_", "FAISS_OPT_LEVEL")
+
+
+def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed part of ``environ`` that a tenant worker is started with."""
+    return {k: v for k, v in environ.items() if k in _WORKER_ENV_NAMES or k.startswith(_WORKER_ENV_PREFIXES)}
 
 
 class Supervisor:
@@ -112,7 +125,7 @@ class Supervisor:
         s = self.settings
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         rest_pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(max(1, s.rest_threads))]
-        env = dict(os.environ)
+        env = worker_environment(os.environ)
         env.setdefault("MALLOC_ARENA_MAX", "2")
         # Idle OpenMP threads sleep instead of spinning: on a shared host, spinning
         # workers of several tenants (and their clients) starve each other.

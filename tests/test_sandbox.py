@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
 import subprocess
 import sys
@@ -55,6 +56,23 @@ def test_real_workers_are_locked_down(server: LiveServer) -> None:
         assert "catalog.sqlite3" not in target and "secret.key" not in target, target
 
 
+def test_workers_inherit_no_secrets_from_the_gateway(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway's environment may hold the admin password and the metrics token; a worker,
+    which runs tenants' calls, is started with an allow-listed environment only."""
+    secret = secrets.token_hex(16)
+    monkeypatch.setenv("FAISS_PROXY_ADMIN_PASSWORD", secret)
+    monkeypatch.setenv("FAISS_PROXY_METRICS_TOKEN", secret)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    tenant, key = server.new_tenant()
+    assert Rest(server.url, key).get("/v1/index")[0] == 200  # starts the worker, after setenv
+    pid = server.worker_pid(tenant)
+    assert pid is not None
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert secret.encode() not in environ
+    names = {entry.split(b"=", 1)[0].decode() for entry in environ.split(b"\0") if entry}
+    assert "PATH" in names and not any(n.startswith("FAISS_PROXY_") for n in names), names
+
+
 ATTACK = textwrap.dedent(
     """
     import json, os, socket, sys
@@ -62,6 +80,8 @@ ATTACK = textwrap.dedent(
     from faiss_proxy_server import sandbox
 
     data, mine, other = (Path(p) for p in sys.argv[1:4])
+    disks = [str(p) for p in sorted(Path("/dev").iterdir()) if p.name[:2] in ("sd", "vd", "xv", "nv", "lo")]
+    disks = disks or ["/dev/tty"]
     report = sandbox.apply(mine, 0, None, landlock=True)
     out = {"report": report}
 
@@ -80,6 +100,13 @@ ATTACK = textwrap.dedent(
     attempt("write_own", lambda: (mine / "scratch").write_text("x"))
     attempt("read_own", lambda: (mine / "scratch").read_text())
     attempt("tcp_connect", lambda: socket.create_connection(("127.0.0.1", int(sys.argv[4])), timeout=2).close())
+    # the gateway's environment (FAISS_PROXY_ADMIN_PASSWORD) and memory, host secrets, raw disks
+    attempt("read_parent_environ", lambda: Path(f"/proc/{os.getppid()}/environ").read_bytes())
+    attempt("read_parent_maps", lambda: Path(f"/proc/{os.getppid()}/maps").read_bytes())
+    attempt("read_etc_shadow", lambda: Path("/etc/shadow").read_bytes())
+    attempt("list_etc", lambda: os.listdir("/etc"))
+    attempt("read_disk", lambda: open(disks[0], "rb").close())
+    attempt("read_own_proc", lambda: Path("/proc/self/status").read_text())
     import faiss, numpy as np  # the worker's own work still runs
     index = faiss.IndexFlatL2(8)
     index.add(np.ones((4, 8), "float32"))
@@ -109,7 +136,10 @@ def test_a_subverted_worker_cannot_reach_other_tenants(server: LiveServer, tmp_p
     assert out["report"]["landlock"] == ABI
     for what in ("read_other_tenant", "list_other_tenant", "read_secret_key", "read_catalog", "write_outside"):
         assert out[what] == "PermissionError", (what, out)
-    assert out["write_own"] == out["read_own"] == "allowed"
+    for what in ("read_parent_environ", "read_parent_maps", "read_etc_shadow", "list_etc", "read_disk"):
+        assert out[what] in ("PermissionError", "FileNotFoundError"), (what, out)
+    assert out["read_parent_environ"] == "PermissionError", out  # /proc/<pid> of the parent exists
+    assert out["write_own"] == out["read_own"] == out["read_own_proc"] == "allowed"
     if ABI >= 4:
         assert out["tcp_connect"] == "PermissionError"
     assert out["faiss"] == 4
