@@ -342,7 +342,7 @@ class KeyRevoke(AdminHandler):
 
     @tornado.web.authenticated
     async def post(self, key_id: str) -> None:
-        key = await _sync(self.ctx.catalog.revoke_key, key_id)
+        key = await revoke_key(self.ctx, key_id)
         self.redirect(f"/admin/tenants/{key.tenant}")
 
 
@@ -350,13 +350,19 @@ class KeyRevoke(AdminHandler):
 async def set_status(ctx: AdminContext, name: str, status: str) -> Tenant:
     tenant: Tenant = await _sync(ctx.catalog.set_tenant_status, name, status)
     if status == "suspended":
-        ctx.supervisor.stop_worker(name, "tenant suspended")  # open sessions end now
+        await ctx.supervisor.stop_worker(name, "tenant suspended")  # open sessions end now
     return tenant
+
+
+async def revoke_key(ctx: AdminContext, key_id: str) -> ApiKey:
+    key: ApiKey = await _sync(ctx.catalog.revoke_key, key_id)
+    ctx.supervisor.end_sessions(key.tenant, [key.key_id], "API key revoked")  # open sessions end now
+    return key
 
 
 async def delete_tenant(ctx: AdminContext, name: str) -> None:
     await _sync(ctx.catalog.get_tenant, name)
-    ctx.supervisor.stop_worker(name, "tenant deleted")
+    await ctx.supervisor.stop_worker(name, "tenant deleted")  # it snapshots, then its files go
     await _sync(ctx.catalog.delete_tenant, name)
     ctx.supervisor.metrics.forget_tenant(name)
 
@@ -496,7 +502,7 @@ class ApiKeys(ApiHandler):
 
 class ApiKeyRevoke(ApiHandler):
     async def post(self, key_id: str) -> None:
-        key = await _sync(self.ctx.catalog.revoke_key, key_id)
+        key = await revoke_key(self.ctx, key_id)
         self.reply(200, key_row(key))
 
 

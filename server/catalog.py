@@ -267,6 +267,37 @@ class Catalog:
             raise Conflict(f"API key '{key_id}' is already revoked")
         return ApiKey(*row)
 
+    # --- watching for changes ----------------------------------------------------------
+    def data_version(self) -> int:
+        """A number that changes whenever the catalog was changed through another
+        connection (this process's other threads, or the CLI while the server runs).
+        It uses a connection of its own, kept for this, and costs a few microseconds."""
+        db = self.__dict__.get("_watch_db")
+        if db is None:
+            db = self._watch_db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        return int(db.execute("PRAGMA data_version").fetchone()[0])
+
+    def access_state(self, tenants: list[str], since: float, now: float) -> dict[str, tuple[str, list[str]]]:
+        """For each of ``tenants`` that still exists: its status and the ids of its keys
+        that were revoked, or that expired, in ``[since, now]``.  A tenant missing from
+        the result was deleted."""
+        if not tenants:
+            return {}
+        marks = ",".join("?" * len(tenants))
+        out: dict[str, tuple[str, list[str]]] = {}
+        with self._db() as db:
+            for name, status in db.execute(f"SELECT name, status FROM tenants WHERE name IN ({marks})", tenants):
+                out[name] = (status, [])
+            rows = db.execute(
+                f"SELECT key_id, tenant FROM api_keys WHERE tenant IN ({marks}) AND "
+                "(revoked_at >= ? OR (expires_at >= ? AND expires_at <= ?))",
+                (*tenants, since, since, now),
+            )
+            for key_id, tenant in rows:
+                if tenant in out:
+                    out[tenant][1].append(key_id)
+        return out
+
     # --- authentication ----------------------------------------------------------------
     def authenticate(self, token: str) -> Principal:
         """Verify a bearer token: signature, expiry, then the catalog (revocation).

@@ -16,6 +16,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.routing
 
+from .access import AccessWatcher
 from .app import make_app
 from .catalog import Catalog
 from .config import Settings
@@ -36,6 +37,7 @@ class Server:
         self.settings = settings
         self.catalog = Catalog(settings.data_path)
         self.supervisor = Supervisor(settings, uid_of=self.catalog.tenant_number)
+        self.access = AccessWatcher(self.catalog, self.supervisor)
         self.app = make_app(settings, self.catalog, self.supervisor)
         password = AdminPassword(self.catalog)
         self.generated_admin_password = password.ensure(os.environ.get(PASSWORD_VARIABLE))
@@ -62,6 +64,7 @@ class Server:
         )
         self.http.add_sockets(self.sockets)
         self.supervisor.start()
+        self.access.start()
 
     def ssl_context(self) -> ssl.SSLContext | None:
         s = self.settings
@@ -93,6 +96,7 @@ class Server:
         finish their calls and snapshot (all within ``shutdown_timeout``), then close."""
         timeout = self.settings.shutdown_timeout
         deadline = time.monotonic() + timeout
+        self.access.stop()
         if self.http is not None:
             self.http.stop()
         inflight = self.app.settings["inflight"]

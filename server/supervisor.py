@@ -49,6 +49,8 @@ class WorkerProcess:
     sandbox: dict[str, Any] | None = None
     last_active: float = field(default_factory=time.monotonic)
     alive: bool = True
+    exited: asyncio.Task[None] | None = None  # set once forgotten: waits for the process to end
+    killed: bool = False  # SIGKILLed by the supervisor itself (not a crash)
 
     @property
     def pid(self) -> int:
@@ -253,9 +255,11 @@ class Supervisor:
         elif kind == "stats":
             self.metrics.merge(worker.tenant, event)
 
-    def _forget(self, worker: WorkerProcess, why: str) -> None:
-        if not worker.alive:
-            return
+    def _forget(self, worker: WorkerProcess, why: str) -> asyncio.Task[None]:
+        """Stop routing to ``worker``; a task waits (off the event loop's critical path)
+        for its process to end, killing it if it takes too long, and logs how it ended."""
+        if worker.exited is not None:
+            return worker.exited
         worker.alive = False
         worker.rest.close()
         try:
@@ -267,25 +271,56 @@ class Supervisor:
             worker.ready.set_exception(ConnectionError(why))
         if self.workers.get(worker.tenant) is worker:
             del self.workers[worker.tenant]
-        code = _wait_briefly(worker.proc)
-        if code is not None and code < 0:
+        worker.exited = asyncio.get_running_loop().create_task(self._reap(worker, why))
+        return worker.exited
+
+    async def _reap(self, worker: WorkerProcess, why: str) -> None:
+        # A worker told to stop finishes its calls and snapshots (shutdown_timeout);
+        # one whose control channel closed exits at once.
+        code = await _wait_for_exit(worker.proc, self.settings.shutdown_timeout + 5.0)
+        if code is None:
+            log.error("worker tenant=%s pid=%d does not exit, even after SIGKILL (%s)", worker.tenant, worker.pid, why)
+        elif code < 0 and not (worker.killed and code == -signal.SIGKILL):
             self.restarts += 1
             log.warning(
                 "worker died tenant=%s pid=%d signal=%s (%s)", worker.tenant, worker.pid, _signal_name(-code), why
             )
-        elif code not in (None, 0):
+        elif code > 0:
             self.restarts += 1
             log.warning("worker exited tenant=%s pid=%d status=%d (%s)", worker.tenant, worker.pid, code, why)
         else:
             log.info("worker stopped tenant=%s pid=%d (%s)", worker.tenant, worker.pid, why)
 
-    def stop_worker(self, tenant: str, why: str = "stopped") -> None:
+    def request_stop(self, tenant: str, why: str, kill: bool = False) -> asyncio.Task[None] | None:
         worker = self.workers.get(tenant)
         if worker is None:
-            return
+            return None
         if worker.proc.poll() is None:
-            worker.proc.terminate()
-        self._forget(worker, why)
+            if kill:
+                worker.killed = True
+                worker.proc.kill()
+            else:
+                worker.proc.terminate()
+        return self._forget(worker, why)
+
+    async def stop_worker(self, tenant: str, why: str = "stopped", kill: bool = False) -> None:
+        """Stop ``tenant``'s worker (its open sessions end) and wait until it has exited:
+        SIGTERM lets it finish in-flight calls and snapshot; ``kill`` (a deleted tenant,
+        whose files are gone) stops it at once."""
+        task = self.request_stop(tenant, why, kill)
+        if task is not None:
+            await task
+
+    def end_sessions(self, tenant: str, key_ids: list[str], why: str) -> None:
+        """Close ``tenant``'s open RPC sessions that were opened with one of ``key_ids``
+        (revoked or expired keys); its other sessions go on."""
+        worker = self.workers.get(tenant)
+        if worker is None or not worker.alive:
+            return
+        try:
+            worker.control.send(json.dumps({"end_sessions": key_ids, "why": why}).encode())
+        except OSError as exc:
+            self._forget(worker, f"control channel failed: {exc}")
 
     async def _reap_idle(self) -> None:
         while True:
@@ -299,7 +334,7 @@ class Supervisor:
                     and worker.inflight == 0
                     and now - worker.last_active > self.settings.worker_idle_timeout
                 ):
-                    self.stop_worker(tenant, "idle")
+                    self.request_stop(tenant, "idle")
 
     @property
     def running(self) -> bool:
@@ -309,7 +344,7 @@ class Supervisor:
         if self._reaper is not None:
             self._reaper.cancel()
         for tenant in list(self.workers):
-            self.stop_worker(tenant, "server shutdown")
+            self.request_stop(tenant, "server shutdown")
 
     async def drain(self, timeout: float) -> None:
         """Graceful stop: SIGTERM every worker (each finishes its in-flight calls and
@@ -329,6 +364,7 @@ class Supervisor:
                     "worker tenant=%s pid=%d did not stop in %.0fs; killing it", worker.tenant, worker.pid, timeout
                 )
             self._forget(worker, "server shutdown")
+        await asyncio.gather(*(w.exited for w in workers if w.exited is not None))
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [{"tenant": w.tenant, "pid": w.pid, "sessions": w.sessions} for w in self.workers.values()]
@@ -346,15 +382,22 @@ def others_can_traverse(path: Path) -> bool:
     return True
 
 
-def _wait_briefly(proc: subprocess.Popen[bytes], timeout: float = 2.0) -> int | None:
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+async def _wait_for_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """The exit status of ``proc`` once it ends, SIGKILLing it after ``timeout`` s (None
+    if even that does not end it within 5 s); polls, so the event loop serves meanwhile."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    killed = False
+    while proc.poll() is None:
+        if time.monotonic() >= deadline:
+            if killed:
+                return None
+            proc.kill()
+            killed = True
+            deadline = time.monotonic() + 5.0
+        await asyncio.sleep(delay)
+        delay = min(0.1, delay * 2)
+    return proc.returncode
 
 
 def _signal_name(num: int) -> str:

@@ -11,7 +11,10 @@ tenant's sessions; the gateway notices the closed control channel and starts a
 fresh worker on the tenant's next connection.
 
 Messages to the gateway, one JSON object per datagram:
-``{"event": "ready", "pid": ...}``, ``{"event": "open"}``, ``{"event": "close"}``.
+``{"event": "ready", "pid": ...}``, ``{"event": "open"}``, ``{"event": "close"}``,
+``{"event": "stats", ...}``.  From the gateway: a session header with its socket, or
+``{"end_sessions": [key ids], "why": ...}`` (no descriptor) when keys were revoked or
+expired: the sessions opened with those keys are closed, the others go on.
 """
 
 from __future__ import annotations
@@ -135,6 +138,9 @@ class Worker:
         replayer.store = self.store
         self.rest = RestApi(self.store, self.policy.apply_rows, RestLimits(opts.max_k, opts.max_batch))
         self.op_stats = OperationStats()
+        # Open RPC sessions: id -> (key id, socket, why it was ended, if it was)
+        self._sessions: dict[str, list[Any]] = {}
+        self._sessions_lock = threading.Lock()
 
     def report_stats(self) -> None:
         """Every second: what RPC calls did since the last report, and the named
@@ -203,8 +209,13 @@ class Worker:
                 continue
             for extra in fds[1:]:
                 os.close(extra)
+            if not fds and isinstance(header, dict) and isinstance(header.get("end_sessions"), list):
+                self.end_sessions({str(k) for k in header["end_sessions"]}, str(header.get("why", "ended")))
             if fds:
                 sock = socket.socket(fileno=fds[0])
+                session = str(header.get("session") or id(sock))
+                with self._sessions_lock:  # before the thread starts: a later end_sessions sees it
+                    self._sessions[session] = [header.get("key_id"), sock, None]
                 threading.Thread(
                     target=self.serve_session,
                     args=(sock, header),
@@ -212,6 +223,19 @@ class Worker:
                     name=f"session-{header.get('session', '?')}",
                 ).start()
         log.info("worker tenant=%s exiting: control channel closed", self.opts.tenant)
+
+    def end_sessions(self, key_ids: set[str], why: str) -> None:
+        """Close the open sessions opened with one of ``key_ids``; each ends as if its
+        client had hung up, and its log line says why."""
+        with self._sessions_lock:
+            ended = [entry for entry in self._sessions.values() if entry[0] in key_ids and entry[2] is None]
+            for entry in ended:
+                entry[2] = why
+        for _key, sock, _why in ended:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def serve_session(self, sock: socket.socket, header: dict[str, Any]) -> None:
         from faiss_proxy._transport import FrameChannel, ProtocolError, ServerConnection, server_config
@@ -238,6 +262,10 @@ class Worker:
         except Exception as exc:  # a broken session must not take the worker down
             outcome = f"error: {type(exc).__name__}"
         finally:
+            with self._sessions_lock:
+                entry = self._sessions.pop(str(header.get("session") or id(sock)), None)
+            if entry is not None and entry[2] is not None:
+                outcome = f"ended ({entry[2]})"
             try:
                 sock.close()
             except OSError:
@@ -281,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     if opts.nice > 0:
         os.nice(opts.nice)  # the gateway keeps priority over busy workers
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    # Ctrl-C in a terminal reaches the whole process group: the gateway handles it
+    # (SIGTERM to each worker: finish calls, snapshot), a worker must not die of it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker(opts)  # imports faiss and the service before the file system is restricted
     worker.lock_down()
     signal.signal(signal.SIGTERM, worker.terminate)
