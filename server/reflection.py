@@ -221,10 +221,49 @@ MIN_HNSW_M = 2
 MIN_NSG_R = 4
 
 
+#: Size fields of FAISS objects (and of their quantizers) that must be at least 1:
+#: ``IndexIVFScalarQuantizer(q, d, 0, ...)``, ``IndexPQ(d, 2, 0)``, ``IndexLSH(d, 0)``,
+#: ``IndexResidualQuantizer(d, 0, 8)`` and their kin segfault in train, add or search.
+_SIZE_FIELDS = ("nlist", "M", "nbits")
+_QUANTIZER_FIELDS = ("pq", "rq", "lsq", "aq", "prq", "plsq")
+
+
+def _sizes_of(obj: Any) -> Iterable[tuple[str, Any]]:
+    for part, owner in (("", obj), *((f"{q}.", getattr(obj, q, None)) for q in _QUANTIZER_FIELDS)):
+        if owner is None:
+            continue
+        for field in _SIZE_FIELDS:
+            value = getattr(owner, field, None)
+            if type(value) is int:
+                yield part + field, value
+            elif value is not None and hasattr(value, "size") and hasattr(value, "at"):  # nbits per codebook
+                yield part + field, min((value.at(i) for i in range(value.size())), default=0)
+
+
+#: Constructors that crash FAISS before any object exists (found by calling every
+#: exposed class with small and zero integer arguments in a forked child): class
+#: name -> (position, argument name) of integer arguments that must be at least 1.
+_CONSTRUCTOR_FLOORS: dict[str, tuple[tuple[int, str], ...]] = {
+    "IndexLSH": ((1, "nbits"),),  # IndexLSH(d, 0): SIGSEGV
+    "ArrayInvertedListsPanorama": ((2, "n_levels"),),  # (nlist, code_size, 0): SIGFPE
+}
+
+
+def check_constructor(cls: type, args: tuple[Any, ...]) -> None:
+    """Refuse constructor arguments that crash FAISS in the constructor itself."""
+    for position, name in _CONSTRUCTOR_FLOORS.get(cls.__name__, ()):
+        if len(args) > position and isinstance(args[position], (int, np.integer)) and args[position] < 1:
+            raise ValueError(f"{cls.__name__}: refused {name}={int(args[position])}: sizes must be at least 1")
+
+
 def check_built(obj: Any) -> None:
-    """Refuse an object built by a class constructor whose graph degree would crash
-    or hang FAISS on first use: the constructor twin of :func:`check_factory`
-    (``IndexHNSWFlat(d, 1)`` is ``index_factory(d, "HNSW1")``)."""
+    """Refuse an object built by a class constructor with a size FAISS would crash or
+    hang on at first use: the constructor twin of :func:`check_factory`
+    (``IndexHNSWFlat(d, 1)`` is ``index_factory(d, "HNSW1")``, ``IndexIVFFlat(q, d, 0)``
+    is ``"IVF0,Flat"``)."""
+    for field, value in _sizes_of(obj):
+        if value < 1:
+            raise ValueError(f"{type(obj).__name__}: refused {field}={value}: sizes must be at least 1")
     hnsw = obj if type(obj).__name__ == "HNSW" else getattr(obj, "hnsw", None)
     if hnsw is not None and type(hnsw).__name__ == "HNSW":
         # cum_nneighbor_per_level: 0, 2M, 3M, ... (level 0 keeps 2M neighbours); for M=1
@@ -232,7 +271,7 @@ def check_built(obj: Any) -> None:
         cum = hnsw.cum_nneighbor_per_level
         m = (cum.at(1) - cum.at(0)) // 2 if cum.size() > 1 else 0
         if m < MIN_HNSW_M:
-            raise ValueError(f"{type(obj).__name__}: refused M={max(m, 0)}: HNSW needs M >= {MIN_HNSW_M}")
+            raise ValueError(f"{type(obj).__name__}: refused M < {MIN_HNSW_M}: HNSW needs M >= {MIN_HNSW_M}")
     nsg = getattr(obj, "nsg", None)
     if nsg is not None and type(nsg).__name__ == "NSG" and nsg.R < MIN_NSG_R:
         raise ValueError(f"{type(obj).__name__}: refused R={nsg.R}: NSG needs R >= {MIN_NSG_R}")

@@ -933,6 +933,20 @@ RPC_DEGENERATE: list[Any] = [
     pytest.param(lambda fx: fx.IndexHNSWSQ(8, fx.ScalarQuantizer.QT_8bit, 1).add(X8), id="IndexHNSWSQ-M1"),
     pytest.param(lambda fx: fx.HNSW(1), id="HNSW-M1"),
     pytest.param(lambda fx: fx.IndexNSGFlat(8, 2), id="IndexNSGFlat-R2"),
+    pytest.param(lambda fx: fx.IndexNSGPQ(8, 2, 2).add(X8), id="IndexNSGPQ-R2"),  # hangs
+    # sizes of 0 in constructors (found by calling every class with small and zero sizes in a
+    # forked child): each segfaulted in train, add or the constructor itself
+    pytest.param(
+        lambda fx: fx.IndexIVFScalarQuantizer(fx.IndexFlatL2(8), 8, 0, fx.ScalarQuantizer.QT_8bit).train(X8),
+        id="IndexIVFScalarQuantizer-nlist0",
+    ),
+    pytest.param(lambda fx: fx.IndexIVFPQ(fx.IndexFlatL2(8), 8, 4, 2, 0).train(X8), id="IndexIVFPQ-nbits0"),
+    pytest.param(lambda fx: fx.IndexIVFRaBitQ(fx.IndexFlatL2(8), 8, 0).train(X8), id="IndexIVFRaBitQ-nlist0"),
+    pytest.param(lambda fx: fx.IndexPQ(8, 2, 0).train(X8), id="IndexPQ-nbits0"),
+    pytest.param(lambda fx: fx.ProductQuantizer(8, 2, 0).train(X8), id="ProductQuantizer-nbits0"),
+    pytest.param(lambda fx: fx.IndexResidualQuantizer(8, 2, 0).train(X8), id="IndexResidualQuantizer-nbits0"),
+    pytest.param(lambda fx: fx.IndexLocalSearchQuantizer(8, 0, 8).train(X8), id="IndexLocalSearchQuantizer-M0"),
+    pytest.param(lambda fx: fx.IndexLSH(8, 0), id="IndexLSH-nbits0"),  # SIGSEGV in the constructor
     # ... and so do the methods that resize a graph after construction
     pytest.param(lambda fx: fx.IndexHNSWFlat(8, 16).hnsw.set_nb_neighbors(0, 0), id="set_nb_neighbors-0"),
     pytest.param(lambda fx: fx.IndexHNSWFlat(8, 16).hnsw.set_default_probas(1, 1.0), id="set_default_probas-1"),
