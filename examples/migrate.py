@@ -33,11 +33,13 @@ import faiss_proxy as faiss
 
 faiss.configure()  # FAISS_PROXY_URL / FAISS_PROXY_API_KEY, or configure(api_url=..., api_key=...)
 
-# ---- from here on: the original FAISS script, unchanged ------------------------------
+# (not part of the migration: say where this run goes; faiss_proxy.is_remote() is no FAISS API)
 if not faiss.is_remote():
     print("FAISS_PROXY_URL is not set: running on the local faiss package", file=sys.stderr)
 else:
     print(f"running on the faiss-proxy server at {os.environ['FAISS_PROXY_URL']}", file=sys.stderr)
+
+# ---- from here on: the original FAISS script, unchanged ------------------------------
 
 d = 32
 rs = np.random.RandomState(123)

@@ -45,6 +45,15 @@ class Dataset:
     xq: np.ndarray
 
 
+def unavailable(what: str, module_level: bool = False) -> None:
+    """A tool a test needs is missing: skip on a developer's machine, but fail in CI
+    (``CI`` set), whose ``.ci/run`` installs it, so a missing install step cannot hide
+    behind a green run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must provide {what} (.ci/run installs it)", pytrace=False)
+    pytest.skip(what, allow_module_level=module_level)
+
+
 def make_dataset(d: int = 32, nt: int = 4000, nb: int = 5000, nq: int = 40, seed: int = 1234) -> Dataset:
     """Clustered data (as in faiss's own tests: uniform data makes graph indexes look bad)."""
     rs = np.random.RandomState(seed)

@@ -21,16 +21,18 @@ import pytest
 
 import faiss_proxy
 
-from .conftest import LiveServer, start_server
+from .conftest import LiveServer, start_server, unavailable
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+try:
+    from playwright import sync_api
+except ImportError:
+    unavailable("the playwright package (pip install -e '.[test]')", module_level=True)
 
 PASSWORD = "correct horse battery staple"
 CHROMIUM = os.environ.get("FAISS_PROXY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)"
-)
+if not Path(CHROMIUM).exists():
+    unavailable(f"Debian's Chromium at {CHROMIUM}", module_level=True)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CliServer
+from .conftest import CliServer, unavailable
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 UNSET_MESSAGE = "Set FAISS_PROXY_URL"
@@ -93,7 +93,7 @@ REST_SEARCH = re.compile(r'"id":"([^"]+)"')
 
 def test_rest_curl_script(example_env: dict[str, str]) -> None:
     if shutil.which("curl") is None or shutil.which("bash") is None:
-        pytest.skip("curl and bash are needed for examples/rest_curl.sh")
+        unavailable("curl and bash, for examples/rest_curl.sh")
     out = ok(["bash", str(EXAMPLES / "rest_curl.sh")], example_env)
     sections = dict(re.findall(r"== (.*)\n(.*)\n", out))
     assert '"ntotal":0' in sections["create index curl-demo (4 dimensions, L2, flat)"]
@@ -122,9 +122,9 @@ def node_version() -> tuple[int, ...] | None:
 def test_rest_node_client(example_env: dict[str, str]) -> None:
     version = node_version()
     if version is None:
-        pytest.skip("node is not installed: examples/rest_client.mjs needs Node.js 18 or later")
+        unavailable("Node.js 18 or later, for examples/rest_client.mjs")
     if version < (18,):
-        pytest.skip(f"node {version[0]} has no built-in fetch: examples/rest_client.mjs needs Node.js 18 or later")
+        unavailable(f"Node.js 18 or later (this is {version[0]}, without built-in fetch), for examples/rest_client.mjs")
     out = ok(["node", str(EXAMPLES / "rest_client.mjs")], example_env)
     assert "created node-demo: dimension 8, metric IP, FAISS type IndexIDMap2" in out
     assert "upserted 6 vectors, ntotal 6" in out
@@ -196,7 +196,7 @@ def test_train_ivfpq_progress_and_recall(example_env: dict[str, str]) -> None:
 )
 def test_examples_explain_missing_settings(cmd: list[str]) -> None:
     if shutil.which(cmd[0]) is None and not os.path.isabs(cmd[0]):
-        pytest.skip(f"{cmd[0]} is not installed")
+        unavailable(f"{cmd[0]}, for this example")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAISS_PROXY_")}
     result = run(cmd, env, timeout=60)
     assert result.returncode == 2, result.stdout + result.stderr
