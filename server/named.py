@@ -246,6 +246,7 @@ class NamedIndex:
         self.lock = RWLock()
         self.dropped = False
         self.gone = "was dropped"
+        self._touched = False  # set by a write once it has changed the index (see write)
         self.last_snapshot = time.monotonic()
         self._snapshot_lock = threading.Lock()
         self.faiss = store.faiss
@@ -293,12 +294,23 @@ class NamedIndex:
         that a crash could still take back.  A change FAISS refuses is not logged.
         If the log cannot be written (disk full, read-only), the in-memory index is
         thrown away and reloaded from disk on next use: it then holds exactly what
-        was acknowledged."""
+        was acknowledged.  So is an index that a failed change may have left half
+        changed (out of memory, or a failure after an upsert removed the vectors it
+        replaces): the caller's error then holds, nothing was applied."""
         with self.lock.write():
             self.check_alive()
             if check is not None:
                 check()
-            result = self.apply(header, memoryview(blob))
+            self._touched = False
+            try:
+                result = self.apply(header, memoryview(blob))
+            except BaseException as exc:
+                if isinstance(exc, MemoryError) or self._touched:
+                    self.store.discard(self, "was reloaded after a change that failed halfway; open it again")
+                    log.error(
+                        "named index %s: %s failed halfway (%r); reloaded from disk", self.name, header.get("op"), exc
+                    )
+                raise
             try:
                 self.wal.append(header, blob)
             except OSError as exc:
@@ -345,6 +357,7 @@ class NamedIndex:
         ids = np.unique(ids[np.isin(ids, self.registry.ids())]) if len(self.registry) else ids[:0]
         if not len(ids):
             return 0
+        self._touched = True  # from here on a failure leaves the index half changed
         try:
             removed = int(self.index.remove_ids(ids))
         except RuntimeError as exc:

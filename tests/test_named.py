@@ -409,6 +409,58 @@ def test_a_change_that_cannot_be_logged_changes_nothing(tmp_path: Path, dataset:
     store.close()
 
 
+@pytest.mark.parametrize("failure", [MemoryError, RuntimeError])
+def test_a_change_that_fails_halfway_leaves_what_was_acknowledged(
+    tmp_path: Path, dataset: Dataset, failure: type[Exception]
+) -> None:
+    """An upsert that replaces vectors removes them first; if the add then fails (out of
+    memory, a FAISS error), the in-memory index would have lost them: it is reloaded from
+    disk instead, so it holds exactly what was acknowledged, and the error says so."""
+    from faiss_proxy_server.named import NamedIndexStore
+
+    store = NamedIndexStore(faiss, tmp_path, lambda *a: None)
+    named = store.create("x", dataset.d)
+    ids = np.arange(10, dtype="<i8")
+    header = {"op": "upsert", "n": 10, "labels": [None] * 10, "meta": [None] * 10}
+    named.write(header, ids.tobytes() + dataset.xb[:10].tobytes())
+
+    class Failing:
+        """The index, whose add fails (as under the memory limit)."""
+
+        def __init__(self, index: Any) -> None:
+            self._index = index
+
+        def add_with_ids(self, *args: Any) -> None:
+            raise failure("no memory for 5 vectors")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._index, name)
+
+    named.index = Failing(named.index)
+    replace_half = {"op": "upsert", "n": 5, "labels": [None] * 5, "meta": [None] * 5}
+    with pytest.raises(failure):
+        named.write(replace_half, ids[:5].tobytes() + dataset.xb[20:25].tobytes())
+    with pytest.raises(Exception, match="open it again"):
+        named.info()
+    again = store.open("x")
+    assert again is not named and again.index.ntotal == 10 and sorted(again.registry.ids()) == list(range(10))
+    np.testing.assert_array_equal(again.index.reconstruct_batch(ids), dataset.xb[:10])
+    store.close()
+
+
+def test_a_refused_change_keeps_the_loaded_index(tmp_path: Path, dataset: Dataset) -> None:
+    """A change refused before anything was touched (a training set whose size is not a multiple
+    of the dimension) is an error and nothing more: the loaded index stays."""
+    from faiss_proxy_server.named import NamedIndexStore
+
+    store = NamedIndexStore(faiss, tmp_path, lambda *a: None)
+    named = store.create("x", dataset.d)
+    with pytest.raises((RuntimeError, ValueError, AssertionError)):
+        named.write({"op": "train", "n": 1}, b"\0" * 12)
+    assert store.open("x") is named
+    store.close()
+
+
 def test_read_only_key_over_rpc_reads_but_never_changes(server: LiveServer, dataset: Dataset) -> None:
     tenant, key = server.new_tenant()
     faiss_proxy.configure(api_url=server.url, api_key=key, timeout=60)
