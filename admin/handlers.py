@@ -34,7 +34,7 @@ import tornado.web
 from faiss_proxy_server.catalog import ApiKey, Catalog, Tenant
 from faiss_proxy_server.cli import parse_expiry
 from faiss_proxy_server.config import Settings
-from faiss_proxy_server.errors import BadRequest, NotFound, ProxyError, Unauthorized, describe
+from faiss_proxy_server.errors import BadRequest, Forbidden, NotFound, ProxyError, Unauthorized, describe
 from faiss_proxy_server.metrics import rss_bytes
 from faiss_proxy_server.supervisor import Supervisor
 
@@ -407,6 +407,10 @@ class ApiHandler(AdminHandler):
     async def prepare(self) -> None:
         self._basic_user: str | None = None
         creds = self._basic()
+        if creds is not None and self.request.method not in ("GET", "HEAD", "OPTIONS") and self._cross_site():
+            # A browser that once took the admin password in its Basic-auth prompt sends it
+            # along with any site's form POST: a request another site made is refused.
+            raise Forbidden("cross-site requests to the admin API are refused")
         if creds is not None:
             address = self.client_address()
             wait = self.ctx.throttle.wait_time(address)
@@ -422,6 +426,16 @@ class ApiHandler(AdminHandler):
                 raise Unauthorized("wrong admin user name or password")
         if self.current_user is None:
             raise Unauthorized("log in at /admin/login, or send 'Authorization: Basic' as admin")
+
+    def _cross_site(self) -> bool:
+        """Whether a browser says this request comes from another site (Fetch Metadata,
+        or an ``Origin`` that is not this server); scripts and curl send neither."""
+        if self.request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
+            return True
+        origin = self.request.headers.get("Origin")
+        if origin is None:
+            return False
+        return origin.lower() != f"{self.request.protocol}://{self.request.host}".lower()
 
     def check_xsrf_cookie(self) -> None:
         if self._basic() is None:

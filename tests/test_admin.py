@@ -67,10 +67,14 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def api(base: str, method: str, path: str, body: Any = None, password: str = PASSWORD) -> tuple[int, Any]:
+def api(
+    base: str, method: str, path: str, body: Any = None, password: str = PASSWORD, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     auth = base64.b64encode(f"admin:{password}".encode()).decode()
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method, headers={"Authorization": f"Basic {auth}"})
+    req = urllib.request.Request(
+        base + path, data=data, method=method, headers={"Authorization": f"Basic {auth}", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -241,6 +245,22 @@ def test_json_api(admin: LiveServer) -> None:
     assert not (Path(admin.server.settings.data_path) / "tenants" / "acme").exists()
     status, body = api(url, "GET", "/admin/api/tenants/nosuch")
     assert status == 404 and set(body["error"]) == {"code", "message"}
+
+
+def test_json_api_refuses_cross_site_requests(admin: LiveServer) -> None:
+    """A browser that took the admin password in its Basic prompt attaches it to any site's
+    form POST; the API refuses requests a browser marks as cross-site, and changes nothing."""
+    url = admin.url
+    assert api(url, "POST", "/admin/api/tenants", {"name": "kept"})[0] == 201
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        status, body = api(url, "POST", "/admin/api/tenants", {"name": "planted"}, headers=headers)
+        assert status == 403 and "cross-site" in body["error"]["message"], (headers, status, body)
+        assert api(url, "POST", "/admin/api/tenants/kept/suspend", headers=headers)[0] == 403
+    assert [t["name"] for t in api(url, "GET", "/admin/api/tenants")[1]["tenants"]] == ["kept"]
+    assert api(url, "GET", "/admin/api/tenants/kept")[1]["tenant"]["status"] == "active"
+    # the server's own origin, and reads, are fine
+    assert api(url, "POST", "/admin/api/tenants", {"name": "same"}, headers={"Origin": url})[0] == 201
+    assert api(url, "GET", "/admin/api/tenants", headers={"Origin": "https://evil.example"})[0] == 200
 
 
 # --- the same from the command line ----------------------------------------------------------
