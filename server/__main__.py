@@ -1,6 +1,6 @@
 """``python -m faiss_proxy_server`` is the ``faiss-proxy`` command."""
 
-from .cli import main
+from .entry import main
 
 if __name__ == "__main__":
     main()

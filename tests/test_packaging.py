@@ -138,7 +138,7 @@ def test_wheel_metadata(wheel: Path) -> None:
         if canonicalize_name(r.name) in SERVER_DEPS:
             assert r.marker is not None and "extra" in str(r.marker), f"{r} is not behind an extra"
     scripts = dict(entry_points["console_scripts"])
-    assert scripts == {"faiss-proxy": "faiss_proxy_server.cli:main"}
+    assert scripts == {"faiss-proxy": "faiss_proxy_server.entry:main"}
 
 
 CLIENT_ONLY = textwrap.dedent(
@@ -201,3 +201,9 @@ def test_base_install_is_the_client_only(wheel: Path, tmp_path: Path) -> None:
     script.write_text(CLIENT_ONLY)
     run = _run([str(python), str(script)], timeout=120, what="the client-only check", env=env, cwd=tmp_path)
     assert run.stdout.startswith("client-only OK"), run.stdout
+    # the command is there too, and says what to install instead of a traceback
+    cli = subprocess.run(
+        [str(venv / "bin" / "faiss-proxy"), "tenant", "list"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert cli.returncode == 2 and "pip install 'faiss-proxy[server]'" in cli.stderr, cli.stderr
+    assert "Traceback" not in cli.stderr
