@@ -263,7 +263,12 @@ async def tenant_detail(ctx: AdminContext, name: str) -> dict[str, Any]:
     keys = await _sync(ctx.catalog.list_keys, name)
     indexes: list[dict[str, Any]] = []
     error = None
-    if (ctx.catalog.tenant_dir(name) / "indexes").is_dir():
+    stored = ctx.catalog.tenant_dir(name) / "indexes"
+    if tenant.status != "active":
+        # Asking the worker would start it for a tenant that may not run (and load every index).
+        count = sum(1 for p in stored.iterdir() if p.is_dir()) if stored.is_dir() else 0
+        error = f"the tenant is {tenant.status}: its worker is stopped ({count} named indexes on disk)"
+    elif stored.is_dir():
         try:
             status, body = await ctx.supervisor.rest(name, "list", {}, {}, b"")
             if status == 200:

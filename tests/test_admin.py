@@ -247,6 +247,19 @@ def test_json_api(admin: LiveServer) -> None:
     assert status == 404 and set(body["error"]) == {"code", "message"}
 
 
+def test_a_suspended_tenants_page_does_not_start_its_worker(admin: LiveServer) -> None:
+    url = admin.url
+    assert api(url, "POST", "/admin/api/tenants", {"name": "sleepy"})[0] == 201
+    token = api(url, "POST", "/admin/api/tenants/sleepy/keys", {"name": "k"})[1]["key"]
+    assert Rest(url, token).post("/v1/index", {"name": "docs", "dimension": 4})[0] == 201
+    assert api(url, "POST", "/admin/api/tenants/sleepy/suspend")[0] == 200
+    assert admin.worker_pid("sleepy") is None
+    status, body = api(url, "GET", "/admin/api/tenants/sleepy")
+    assert status == 200 and body["indexes"] == [] and "suspended" in body["indexes_error"], body
+    assert "1 named indexes on disk" in body["indexes_error"]
+    assert admin.worker_pid("sleepy") is None  # looking did not start it
+
+
 def test_json_api_refuses_cross_site_requests(admin: LiveServer) -> None:
     """A browser that took the admin password in its Basic prompt attaches it to any site's
     form POST; the API refuses requests a browser marks as cross-site, and changes nothing."""

@@ -539,6 +539,19 @@ def test_openapi_describes_every_route(server: LiveServer) -> None:
         routes.add(re.sub(r"\(\[\^/\]\+\)", "{}", pattern))
     missing = {r for r in routes if r.startswith("/v1/") and r != "/v1/rpc"} - described
     assert not missing, missing
+    # ... and every method each REST handler answers, no more and no fewer
+    from faiss_proxy_server.app import RestHandler
+
+    checked = 0
+    for rule in app.wildcard_router.rules:
+        handler = rule.target
+        if isinstance(handler, type) and issubclass(handler, RestHandler):
+            path = re.sub(r"\(\[\^/\]\+\)", "{}", rule.matcher.regex.pattern.rstrip("$").replace("/?", ""))
+            item = next(v for p, v in spec["paths"].items() if re.sub(r"\{[^}]+\}", "{}", p) == path)
+            served = {method.lower() for method, _op in handler.methods}
+            assert served == set(item) - {"parameters"}, (path, served, set(item))
+            checked += 1
+    assert checked == 9  # the nine /v1/index routes
     for path, item in spec["paths"].items():
         for method, op in item.items():
             if method != "parameters":
