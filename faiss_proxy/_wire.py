@@ -85,6 +85,7 @@ ALLOWED_DTYPES = frozenset(
 #: No real array has a dimension this large (numpy cannot even represent some).
 MAX_DIMENSION = 1 << 40
 MAX_NDIM = 8
+_MAX_ARRAY_BYTES = 1 << 63  # numpy's limit on size * itemsize (of the non-zero dimensions)
 
 
 class Blob:
@@ -150,6 +151,9 @@ def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
     if type(buf) is not np.ndarray or buf.dtype is not _UINT8 or buf.ndim != 1:
         raise TypeError("refused array payload: not a raw buffer")
     expected = math.prod(shape) * dt.itemsize
+    if math.prod(n for n in shape if n) * dt.itemsize >= _MAX_ARRAY_BYTES:
+        # numpy refuses such a shape even when a 0 makes the array empty
+        raise ValueError(f"refused array shape {shape!r}: larger than any array can be")
     if expected != buf.nbytes:
         raise ValueError(f"refused array: shape {shape} of {dt} needs {expected} bytes, got {buf.nbytes}")
     return buf.view(dt).reshape(shape)

@@ -297,7 +297,8 @@ class NamedIndex:
         was acknowledged.  So is an index that a failed change may have left half
         changed (out of memory, or a failure after an upsert removed the vectors it
         replaces): the caller's error then holds, nothing was applied."""
-        with self.lock.write():
+        quota = self.store.quota_lock if check is not None and self.store.max_vectors else contextlib.nullcontext()
+        with quota, self.lock.write():  # always in this order: quota, then the index
             self.check_alive()
             if check is not None:
                 check()
@@ -439,6 +440,9 @@ class NamedIndexStore:
         self.snapshot_interval = snapshot_interval
         self._loaded: dict[str, NamedIndex] = {}
         self._lock = threading.Lock()
+        # Held around a quota-checked write (check, apply, log), so that adds to two
+        # indexes at once cannot both pass the tenant's vector limit.
+        self.quota_lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -461,6 +461,44 @@ def test_a_refused_change_keeps_the_loaded_index(tmp_path: Path, dataset: Datase
     store.close()
 
 
+def test_concurrent_adds_to_two_indexes_cannot_both_pass_the_vector_limit(tmp_path: Path, dataset: Dataset) -> None:
+    """The limit counts all named indexes of the tenant: two adds to different indexes at the
+    same moment, each within the limit alone, are not both accepted."""
+    from faiss_proxy_server.errors import LimitExceeded
+    from faiss_proxy_server.named import NamedIndexStore
+
+    store = NamedIndexStore(faiss, tmp_path, lambda *a: None, max_vectors=100)
+    indexes = [store.create(name, dataset.d) for name in ("a", "b")]
+    for attempt in range(5):
+        for named in indexes:
+            named.write({"op": "reset"})
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def slow_check() -> None:
+            store.check_vectors(60)
+            time.sleep(0.01)  # widen the window between the check and the change
+
+        def add(named: Any, first: int, barrier: threading.Barrier = barrier, outcomes: list[str] = outcomes) -> None:
+            ids = np.arange(first, first + 60, dtype="<i8")
+            header = {"op": "upsert", "n": 60, "labels": [None] * 60, "meta": [None] * 60}
+            barrier.wait()
+            try:
+                named.write(header, ids.tobytes() + dataset.xb[:60].tobytes(), check=slow_check)
+                outcomes.append("ok")
+            except LimitExceeded:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=add, args=(named, 1000 * i)) for i, named in enumerate(indexes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes) == ["ok", "refused"], (attempt, outcomes)
+        assert sum(int(n.index.ntotal) for n in indexes) == 60
+    store.close()
+
+
 def test_read_only_key_over_rpc_reads_but_never_changes(server: LiveServer, dataset: Dataset) -> None:
     tenant, key = server.new_tenant()
     faiss_proxy.configure(api_url=server.url, api_key=key, timeout=60)
