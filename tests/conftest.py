@@ -198,6 +198,7 @@ def launch_cli_server(data_dir: Path, *extra: str) -> CliServer:
         stdout=log_file,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's job is (Ctrl-C tests)
     )
     deadline = time.monotonic() + 30
     url = None

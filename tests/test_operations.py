@@ -208,6 +208,28 @@ def test_tls_end_to_end_rpc_and_rest(tmp_path: Path, dataset: Dataset) -> None:
 
 
 # --- graceful shutdown -------------------------------------------------------------------
+def test_ctrl_c_snapshots_and_exits_0(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal sends SIGINT to the server's whole process group, workers
+    included: the gateway drains them (each snapshots), none dies of the signal."""
+    data = tmp_path / "data"
+    live = launch_cli_server(data)
+    run_cli("tenant", "create", "acme", "--data-dir", str(data))
+    key = run_cli("key", "create", "acme", "--data-dir", str(data)).stdout.strip().splitlines()[-1]
+    rest = Rest(live.url, key)
+    assert rest.post("/v1/index", {"name": "c", "dimension": 4})[0] == 201
+    items = [{"id": str(i), "values": [float(i), 0.0, 0.0, 1.0]} for i in range(50)]
+    assert rest.post("/v1/index/c/vectors", {"vectors": items})[0] == 200
+    index_dir = data / "tenants" / "acme" / "indexes" / "c"
+    assert sum(p.stat().st_size for p in index_dir.glob("wal-*.log")) > 0  # not snapshotted yet
+    os.killpg(live.proc.pid, signal.SIGINT)
+    assert live.proc.wait(60) == 0
+    log = live.log()
+    assert "worker died" not in log and "worker exited" not in log, log[-3000:]
+    state, _ = read_snapshot(index_dir / "snapshot.bin")
+    assert len(state["registry"]) == 50
+    assert sum(p.stat().st_size for p in index_dir.glob("wal-*.log")) == 0
+
+
 def test_sigterm_finishes_in_flight_work_snapshots_and_exits_0(tmp_path: Path) -> None:
     data = tmp_path / "data"
     live = launch_cli_server(data)
