@@ -80,6 +80,7 @@ def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSer
 
 def test_memory_limit_gives_memory_error_not_a_dead_server(limited_server: LiveServer) -> None:
     name, key = limited_server.new_tenant("mem")
+    other_name, other_key = limited_server.new_tenant("memother")
     c = Client(limited_server.url, key, timeout=60)
     with pytest.raises(MemoryError):
         c.lookup("rand")(10**9)  # 4 GB numpy allocation
@@ -89,6 +90,14 @@ def test_memory_limit_gives_memory_error_not_a_dead_server(limited_server: LiveS
     pid = limited_server.worker_pid(name)
     assert c.lookup("IndexFlatL2")(8).ntotal == 0  # same worker, still serving
     assert limited_server.worker_pid(name) == pid
+    # another tenant, whose session was open all along, is untouched
+    other = Client(limited_server.url, other_key, timeout=60)
+    kept = other.lookup("IndexFlatL2")(8)
+    kept.add(np.ones((5, 8), dtype="float32"))
+    with pytest.raises(MemoryError):
+        c.lookup("rand")(10**9)
+    assert kept.ntotal == 5 and limited_server.worker_pid(other_name) not in (None, pid)
+    other.close()
     c.close()
 
 

@@ -107,12 +107,17 @@ def test_request_rate_limit(tmp_path: Path) -> None:
         assert other.get("/v1/index")[0] == 200  # another tenant's bucket
         time.sleep(1.1)
         assert rest.get("/v1/index")[0] == 200  # the bucket refills
-        # RPC calls are limited in the tenant's worker
+        # RPC calls are limited in the tenant's worker; the other tenant's RPC goes on
+        _, third_key = live.new_tenant()
         client = Client(live.url, other_key, timeout=30)
+        bystander = Client(live.url, third_key, timeout=30)
         index = client.lookup("IndexFlatL2")(4)
+        calm = bystander.lookup("IndexFlatL2")(4)
         with pytest.raises(PermissionError, match="request rate"):
             for _ in range(20):
                 _ = index.ntotal
+        assert calm.ntotal == 0  # a tenant of its own: its own bucket
         client.close()
+        bystander.close()
     finally:
         live.stop()
