@@ -1,7 +1,8 @@
 """Train an IVF-PQ index on a large synthetic set, with progress output.
 
 200,000 vectors of dimension 64 (clustered, like real embeddings) are compressed to
-16 bytes each by an ``IndexIVFPQ`` on the server: the training time is reported, the
+16 bytes each by an ``IndexIVFPQ`` on the server: training (one call) prints a line every
+2 s while it runs and its time at the end, the
 vectors are added in chunks with one progress line per chunk, and recall is measured
 against an exact ``IndexFlatL2`` search for several ``nprobe`` values, each passed per
 call (``SearchParametersIVF``) so the index itself is never changed.
@@ -18,13 +19,35 @@ The whole run takes about 10-30 s on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
 import faiss_proxy as faiss
+
+
+@contextlib.contextmanager
+def heartbeat(what: str, every: float = 2.0) -> Iterator[None]:
+    """Print ``what: running, N s`` every ``every`` seconds until the block ends."""
+    stop = threading.Event()
+    started = time.perf_counter()
+
+    def tick() -> None:
+        while not stop.wait(every):
+            print(f"{what}: running, {time.perf_counter() - started:.0f} s", flush=True)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def make_data(n: int, d: int, rs: np.random.RandomState) -> np.ndarray:
@@ -84,7 +107,8 @@ def main() -> int:
     index = faiss.IndexIVFPQ(quantizer, d, args.nlist, args.m, 8)
     print(f"train: IndexIVFPQ(nlist={args.nlist}, m={args.m}, nbits=8) on {args.nt} vectors ...", flush=True)
     t0 = time.perf_counter()
-    index.train(xt)
+    with heartbeat("train"):  # one blocking call on the server: say it is still running
+        index.train(xt)
     print(f"train: done in {time.perf_counter() - t0:.1f} s, is_trained={index.is_trained}")
 
     t_add = time.perf_counter()
