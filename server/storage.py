@@ -32,6 +32,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import struct
 import zlib
 from collections.abc import Iterator
@@ -130,10 +131,19 @@ class WriteAheadLog:
         self.bytes_since_snapshot = 0
 
     def replay(self, after: int) -> Iterator[LogRecord]:
-        """Records with sequence > ``after``, oldest first; a bad tail is truncated."""
+        """Records with sequence > ``after``, oldest first, as long as they follow on
+        one another.
+
+        A bad tail (a torn last write) is truncated with a warning.  Damage anywhere
+        else (inside an older file, or a gap in the sequence numbers) ends the replay
+        there: what follows is not applied on top of a hole, so the index is the
+        consistent state up to the damage; the files after it are renamed
+        ``*.damaged`` (kept for the operator, never replayed) and the error is logged."""
         self.seq = after
-        for _first, path in _log_files(self.directory):
+        files = _log_files(self.directory)
+        for i, (_first, path) in enumerate(files):
             records, end, problem = read_log(path)
+            stop = None
             if problem is not None:
                 log.warning(
                     "write-ahead log %s: %s at byte %d of %d; truncating the log there",
@@ -142,14 +152,34 @@ class WriteAheadLog:
                     end,
                     path.stat().st_size,
                 )
+                if i < len(files) - 1:  # not a torn last write: keep the evidence
+                    stop = f"{path.name} is damaged before its end"
+                    shutil.copyfile(path, path.with_name(path.name + ".damaged"))
                 with open(path, "r+b") as fh:
                     fh.truncate(end)
                     os.fsync(fh.fileno())
-            for record in records:
-                if record.seq > self.seq:
-                    self.seq = record.seq
-                    self.bytes_since_snapshot += len(record.blob)
-                    yield record
+            for j, record in enumerate(records):
+                if record.seq <= self.seq:
+                    continue
+                if record.seq != self.seq + 1:
+                    stop = f"{path.name} jumps from record {self.seq} to {record.seq}"
+                    _keep_only(path, records[:j])
+                    break
+                self.seq = record.seq
+                self.bytes_since_snapshot += len(record.blob)
+                yield record
+            if stop is not None:
+                later = [p for _, p in files[i + 1 :]]
+                for p in later:
+                    p.rename(p.with_name(p.name + ".damaged"))
+                log.error(
+                    "write-ahead log of %s: %s; replayed up to record %d, set aside %d later file(s) as *.damaged",
+                    self.directory,
+                    stop,
+                    self.seq,
+                    len(later),
+                )
+                return
 
     def open(self) -> None:
         """Start appending (after :meth:`replay`): to a fresh file named by the next sequence."""
@@ -211,6 +241,21 @@ class WriteAheadLog:
     @property
     def size(self) -> int:
         return sum(p.stat().st_size for _f, p in _log_files(self.directory) if p.exists())
+
+
+def _keep_only(path: Path, kept: list[LogRecord]) -> None:
+    """Cut ``path`` back to its records ``kept`` (a prefix); the whole original stays
+    beside it as ``*.damaged``."""
+    damaged = path.with_name(path.name + ".damaged")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        for record in kept:
+            _write_all(fh, b"".join(bytes(part) for part in encode_record(record.seq, record.header, record.blob)))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(path, damaged)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def _write_all(fh: Any, data: bytes | memoryview) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import faiss_proxy
-from faiss_proxy_server.storage import WriteAheadLog, encode_record
+from faiss_proxy_server.storage import WriteAheadLog, encode_record, read_log
 
 from .conftest import Dataset, LiveServer, Rest, launch_cli_server, run_cli, start_server, vector_items
 
@@ -203,6 +203,62 @@ def test_wal_replay_truncates_a_torn_tail(tmp_path: Path, caplog: pytest.LogCapt
     data[-3] ^= 0xFF
     path.write_bytes(bytes(data))
     assert len(list(WriteAheadLog(tmp_path).replay(after=0))) == 2
+
+
+def _two_log_files(directory: Path) -> tuple[Path, Path]:
+    """Records 1-3 in one log file and 4-6 in the next, as after a restart."""
+    wal = WriteAheadLog(directory)
+    wal.open()
+    for i in range(3):
+        wal.append({"op": "x", "i": i}, bytes([i]) * 10)
+    wal.close()
+    wal = WriteAheadLog(directory)
+    assert len(list(wal.replay(after=0))) == 3
+    wal.open()
+    for i in range(3, 6):
+        wal.append({"op": "x", "i": i}, bytes([i]) * 10)
+    wal.close()
+    first, second = sorted(directory.glob("wal-*.log"))
+    return first, second
+
+
+def test_wal_damage_before_the_end_stops_the_replay_there(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Damage inside an older log file is not a torn tail: replaying later records on top of the
+    hole would apply changes out of order, so the replay stops at the damage, the later files are
+    set aside (``*.damaged``), and new appends start right after the last record applied."""
+    first, second = _two_log_files(tmp_path)
+    data = bytearray(first.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside record 2
+    first.write_bytes(bytes(data))
+    wal = WriteAheadLog(tmp_path)
+    with caplog.at_level("WARNING", logger="faiss_proxy.storage"):
+        assert [r.seq for r in wal.replay(after=0)] == [1]
+    assert "set aside 1 later file" in caplog.text
+    assert not second.exists() and second.with_name(second.name + ".damaged").exists()
+    assert first.with_name(first.name + ".damaged").read_bytes() == bytes(data)  # the evidence is kept
+    wal.open()
+    assert wal.append({"op": "x", "i": 9}) == 2  # continues the consistent prefix
+    wal.close()
+    assert [r.seq for r in WriteAheadLog(tmp_path).replay(after=0)] == [1, 2]  # and stays so
+
+
+def test_wal_gap_in_sequence_stops_the_replay_there(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A record missing in the middle (its file lost, or a record cut out) ends the replay
+    before the gap; the file holding the jump keeps only what came before it."""
+    first, second = _two_log_files(tmp_path)
+    records, _, _ = read_log(second)
+    with open(second, "wb") as fh:  # record 5 is gone: 4, 6
+        for r in (records[0], records[2]):
+            fh.write(b"".join(bytes(part) for part in encode_record(r.seq, r.header, r.blob)))
+    wal = WriteAheadLog(tmp_path)
+    with caplog.at_level("WARNING", logger="faiss_proxy.storage"):
+        assert [r.seq for r in wal.replay(after=0)] == [1, 2, 3, 4]
+    assert "jumps from record 4 to 6" in caplog.text
+    assert second.with_name(second.name + ".damaged").exists()
+    wal.open()
+    assert wal.append({"op": "x", "i": 9}) == 5
+    wal.close()
+    assert [r.seq for r in WriteAheadLog(tmp_path).replay(after=0)] == [1, 2, 3, 4, 5]
 
 
 def test_corrupt_log_tail_is_truncated_on_load(tmp_path: Path, dataset: Dataset) -> None:
