@@ -78,6 +78,9 @@ class Supervisor:
         self.workers: dict[str, WorkerProcess] = {}
         self.restarts = 0
         self._starting: dict[str, asyncio.Lock] = {}
+        # Workers told to stop that have not exited yet (still snapshotting): a new
+        # worker of the same tenant waits for it, so two never share a tenant's files.
+        self._exiting: dict[str, asyncio.Task[None]] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -102,6 +105,14 @@ class Supervisor:
         async with lock:
             worker = self.workers.get(tenant)
             if worker is None or not worker.alive:
+                exiting = self._exiting.get(tenant)
+                if exiting is not None:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(exiting), self.settings.worker_start_timeout)
+                    except TimeoutError:
+                        raise ServiceUnavailable(
+                            f"the previous worker of tenant '{tenant}' is still stopping; retry the request"
+                        ) from None
                 worker = self._spawn(tenant)
                 self.workers[tenant] = worker
         try:
@@ -272,12 +283,17 @@ class Supervisor:
         if self.workers.get(worker.tenant) is worker:
             del self.workers[worker.tenant]
         worker.exited = asyncio.get_running_loop().create_task(self._reap(worker, why))
+        self._exiting[worker.tenant] = worker.exited
         return worker.exited
 
     async def _reap(self, worker: WorkerProcess, why: str) -> None:
         # A worker told to stop finishes its calls and snapshots (shutdown_timeout);
         # one whose control channel closed exits at once.
-        code = await _wait_for_exit(worker.proc, self.settings.shutdown_timeout + 5.0)
+        try:
+            code = await _wait_for_exit(worker.proc, self.settings.shutdown_timeout + 5.0)
+        finally:
+            if self._exiting.get(worker.tenant) is worker.exited:
+                del self._exiting[worker.tenant]
         if code is None:
             log.error("worker tenant=%s pid=%d does not exit, even after SIGKILL (%s)", worker.tenant, worker.pid, why)
         elif code < 0 and not (worker.killed and code == -signal.SIGKILL):

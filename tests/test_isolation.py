@@ -155,3 +155,39 @@ def test_worker_that_cannot_start_is_a_clear_503(tmp_path: Path) -> None:
         assert live.worker_pid(name) is None
     finally:
         live.stop()
+
+
+def test_a_new_worker_waits_for_the_stopping_one(server: LiveServer) -> None:
+    """A worker told to stop finishes its in-flight calls and snapshots before it exits; a
+    request meanwhile starts the tenant's next worker only once the old one is gone, so two
+    processes never work on one tenant's files at once."""
+    import threading
+
+    from .conftest import Rest
+
+    name, key = server.new_tenant("overlap")
+    rest = Rest(server.url, key)
+    assert rest.post("/v1/index", {"name": "docs", "dimension": 4})[0] == 201
+    c = Client(server.url, key, timeout=120)
+    x = np.random.RandomState(0).rand(60000, 64).astype("float32")
+    kmeans = c.lookup("Kmeans")(64, 512, niter=25, seed=1)
+    old = server.worker_pid(name)
+    assert old is not None
+    busy = threading.Thread(target=lambda: _ignore_errors(lambda: kmeans.train(x)))
+    busy.start()
+    time.sleep(0.5)  # the training call is running in the worker
+    started = time.monotonic()
+    server.run(lambda: server.supervisor.request_stop(name, "test"))
+    assert rest.get("/v1/index")[0] == 200  # served by the next worker ...
+    assert _pid_gone(old), "the new worker served while the old one still ran"  # ... after the old one exited
+    assert server.worker_pid(name) not in (None, old)
+    assert time.monotonic() - started > 0.2  # it did wait for the call to finish
+    busy.join(120)
+    c.close()
+
+
+def _ignore_errors(fn) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+    except Exception:
+        pass
