@@ -413,6 +413,14 @@ class Reflection:
             if name in self.functions:
                 self.functions[name] = _checked_factory(self.functions[name])
         self._class_info: dict[type, tuple[Any, ...]] = {}
+        # Every method and function name faiss has: a bounded set, so a metrics label
+        # may carry one even for a call that failed (never a client's arbitrary string).
+        names = set(self.functions)
+        for cls in self.classes.values():
+            for klass in cls.__mro__:
+                if _is_faiss_code(klass):
+                    names.update(n for n, v in vars(klass).items() if callable(v) and not n.startswith("_"))
+        self.known_names = frozenset(names)
         self._vector_dtypes = dict(getattr(faiss_module, "vector_name_map", {}))
 
     # --- the namespace --------------------------------------------------------------

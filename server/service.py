@@ -147,7 +147,9 @@ def _operation(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             self.stats.count(False)
             if self.op_stats is not None:
-                self.op_stats.record(kind, time.perf_counter() - started, False)
+                name = args[1] if named_ops and len(args) > 1 else None
+                known = type(name) is str and name in self.reflection.known_names
+                self.op_stats.record(f"{kind}.{name}" if known else kind, time.perf_counter() - started, False)
             converted = _builtin_exception(exc)
             if converted is exc:
                 raise

@@ -96,8 +96,27 @@ def test_metrics_cover_rpc_rest_workers_and_named_indexes(server: LiveServer, da
             if n == "faiss_proxy_request_errors_total" and ("tenant", tenant) in labels
         )
         assert rpc_errors >= 1
+        # a failed call is labelled with its faiss method (a bounded set of names) ...
+        failed_add = (("api", "rpc"), ("operation", "call.add"), ("tenant", tenant))
+        assert samples.get(("faiss_proxy_request_errors_total", failed_add), 0) >= 1, sorted(
+            labels for (n, labels) in samples if n == "faiss_proxy_request_errors_total"
+        )
+
+        # ... but never with a client's arbitrary string
+        def tenant_errors() -> float:
+            return sum(
+                v
+                for (n, labels), v in scrape(server.url).items()
+                if n == "faiss_proxy_request_errors_total" and ("tenant", tenant) in labels
+            )
+
+        before = tenant_errors()
+        with pytest.raises(AttributeError):
+            faiss_proxy.IndexFlatL2(dataset.d).no_such_method_here()
+        wait_for(lambda: tenant_errors() > before)
         rest_search = (("api", "rest"), ("operation", "search"), ("tenant", tenant))
         assert samples[("faiss_proxy_requests_total", rest_search)] == 1
+        assert not any("no_such_method_here" in str(labels) for (_n, labels) in scrape(server.url))
         assert samples[("faiss_proxy_request_duration_seconds_count", rest_search)] == 1
         inf_bucket = tuple(sorted((*rest_search, ("le", "+Inf"))))
         assert samples[("faiss_proxy_request_duration_seconds_bucket", inf_bucket)] == 1
