@@ -126,8 +126,9 @@ SETTINGS: tuple[Setting, ...] = (
         "tenant_rate_limit",
         float,
         0.0,
-        "Requests per second per tenant (REST requests and RPC session starts in the gateway, RPC calls in "
-        "the worker), with bursts of the same size; beyond: 429 / PermissionError. 0: no limit.",
+        "Requests per second per tenant, with bursts of the same size, counted twice over: REST requests "
+        "and RPC session starts in the gateway, and RPC calls in the worker, each against its own budget "
+        "of this size; beyond: 429 / PermissionError. 0: no limit.",
     ),
     Setting(
         "worker_nice",
