@@ -379,6 +379,8 @@ class Supervisor:
                 log.warning(
                     "worker tenant=%s pid=%d did not stop in %.0fs; killing it", worker.tenant, worker.pid, timeout
                 )
+                worker.killed = True
+                worker.proc.kill()
             self._forget(worker, "server shutdown")
         await asyncio.gather(*(w.exited for w in workers if w.exited is not None))
 

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import faiss_proxy
+from faiss_proxy._client import Client
 from faiss_proxy_server.storage import read_snapshot
 
 from .conftest import Dataset, LiveServer, Rest, get_json, launch_cli_server, run_cli, start_server, vector_items
@@ -247,6 +248,35 @@ def test_ctrl_c_snapshots_and_exits_0(tmp_path: Path) -> None:
     state, _ = read_snapshot(index_dir / "snapshot.bin")
     assert len(state["registry"]) == 50
     assert sum(p.stat().st_size for p in index_dir.glob("wal-*.log")) == 0
+
+
+def test_shutdown_timeout_bounds_a_stop_with_a_call_still_running(tmp_path: Path) -> None:
+    """A call longer than shutdown_timeout (a training of tens of seconds) does not hold the
+    server: the worker stops at its deadline (or is killed at the gateway's), the server
+    exits 0 within seconds."""
+    data = tmp_path / "data"
+    live = launch_cli_server(data, "--shutdown-timeout", "1")
+    run_cli("tenant", "create", "acme", "--data-dir", str(data))
+    key = run_cli("key", "create", "acme", "--data-dir", str(data)).stdout.strip().splitlines()[-1]
+    client = Client(live.url, key, timeout=120)
+    x = np.random.RandomState(0).rand(100000, 64).astype("float32")
+    kmeans = client.lookup("Kmeans")(64, 1024, niter=50, seed=1)  # many seconds of training
+    busy = threading.Thread(target=lambda: _swallow(lambda: kmeans.train(x)))
+    busy.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    live.proc.send_signal(signal.SIGTERM)
+    assert live.proc.wait(30) == 0
+    assert time.monotonic() - started < 10, "the stop waited for the call instead of shutdown_timeout"
+    busy.join(30)
+    client.close()
+
+
+def _swallow(fn: Any) -> None:
+    try:
+        fn()
+    except Exception:
+        pass  # the session ends with the server
 
 
 def test_sigterm_finishes_in_flight_work_snapshots_and_exits_0(tmp_path: Path) -> None:
