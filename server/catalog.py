@@ -104,6 +104,7 @@ class Catalog:
         self._local = threading.local()
         self._claims: dict[str, dict[str, Any]] = {}  # verified tokens -> their claims
         self._last_used: dict[str, float] = {}
+        self._watch_db: sqlite3.Connection | None = None  # see data_version
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / "catalog.sqlite3"
@@ -272,10 +273,9 @@ class Catalog:
         """A number that changes whenever the catalog was changed through another
         connection (this process's other threads, or the CLI while the server runs).
         It uses a connection of its own, kept for this, and costs a few microseconds."""
-        db = self.__dict__.get("_watch_db")
-        if db is None:
-            db = self._watch_db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-        return int(db.execute("PRAGMA data_version").fetchone()[0])
+        if self._watch_db is None:
+            self._watch_db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        return int(self._watch_db.execute("PRAGMA data_version").fetchone()[0])
 
     def access_state(self, tenants: list[str], since: float, now: float) -> dict[str, tuple[str, list[str]]]:
         """For each of ``tenants`` that still exists: its status and the ids of its keys

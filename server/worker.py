@@ -218,7 +218,7 @@ class Worker:
                     self._sessions[session] = [header.get("key_id"), sock, None]
                 threading.Thread(
                     target=self.serve_session,
-                    args=(sock, header),
+                    args=(sock, header, session),
                     daemon=True,
                     name=f"session-{header.get('session', '?')}",
                 ).start()
@@ -237,7 +237,7 @@ class Worker:
             except OSError:
                 pass
 
-    def serve_session(self, sock: socket.socket, header: dict[str, Any]) -> None:
+    def serve_session(self, sock: socket.socket, header: dict[str, Any], session: str) -> None:
         from faiss_proxy._transport import FrameChannel, ProtocolError, ServerConnection, server_config
 
         from .service import FaissService
@@ -263,7 +263,7 @@ class Worker:
             outcome = f"error: {type(exc).__name__}"
         finally:
             with self._sessions_lock:
-                entry = self._sessions.pop(str(header.get("session") or id(sock)), None)
+                entry = self._sessions.pop(session, None)
             if entry is not None and entry[2] is not None:
                 outcome = f"ended ({entry[2]})"
             try:

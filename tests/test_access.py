@@ -8,12 +8,8 @@ that exactly the sessions that lost their right end (``ConnectionError`` on the 
 
 from __future__ import annotations
 
-import base64
-import json
 import secrets
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,7 @@ from faiss_proxy._client import Client
 from faiss_proxy_server.catalog import Catalog
 
 from .conftest import LiveServer, Rest, run_cli, start_server
+from .test_admin import api
 
 X = np.random.RandomState(3).rand(20, 4).astype("float32")
 
@@ -91,18 +88,6 @@ def two_sessions(live: LiveServer) -> Iterator[tuple[str, tuple[str, Session], t
     b.close()
 
 
-def _admin_post(live: LiveServer, path: str) -> tuple[int, Any]:
-    auth = base64.b64encode(f"admin:{live.admin_password}".encode()).decode()  # type: ignore[attr-defined]
-    req = urllib.request.Request(live.url + path, data=b"{}", method="POST")
-    req.add_header("Authorization", f"Basic {auth}")
-    req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def _cli(live: LiveServer, *args: str) -> None:
     run_cli(*args, "--data-dir", str(live.server.settings.data_path))
 
@@ -115,7 +100,7 @@ def _other_catalog(live: LiveServer) -> Catalog:
 def test_revoking_a_key_through_the_admin_api_ends_its_open_sessions_at_once(live: LiveServer, two_sessions) -> None:
     tenant, (key_id, revoked), (_, kept) = two_sessions
     pid = live.worker_pid(tenant)
-    status, body = _admin_post(live, f"/admin/api/keys/{key_id}/revoke")
+    status, body = api(live.url, "POST", f"/admin/api/keys/{key_id}/revoke", {}, password=live.admin_password)  # type: ignore[attr-defined]
     assert status == 200, body
     assert _ends_within(revoked, 2.0) < 1.0  # not waiting for the catalog watcher
     assert "revoked" in _refused(live, revoked.key)
