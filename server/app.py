@@ -38,9 +38,7 @@ from .catalog import Catalog, Principal
 from .config import Settings
 from .errors import (
     BadRequest,
-    Forbidden,
     NotFound,
-    PayloadTooLarge,
     ProxyError,
     TooManyRequests,
     Unauthorized,
@@ -49,7 +47,7 @@ from .errors import (
 from .limits import RateLimits
 from .metrics import MetricsCollector
 from .openapi import openapi_spec
-from .rest import MUTATING_OPERATIONS
+from .resthttp import Inflight, authenticate, log_http
 from .supervisor import Supervisor
 
 __all__ = ["make_app", "RPC_PROTOCOL"]
@@ -80,20 +78,9 @@ class BaseHandler(tornado.web.RequestHandler):
         return settings
 
     def authenticate(self) -> Principal:
-        header = self.request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if not header:
-            token = self.request.headers.get("X-API-Key", "")
-            scheme = "Bearer" if token else ""
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        principal = self.catalog.authenticate(token.strip())
-        self.tenant = principal.tenant
         rates: RateLimits = self.application.settings["rates"]
-        wait = rates.take(principal.tenant)
-        if wait > 0:
-            self.set_header("Retry-After", str(max(1, round(wait + 0.5))))
-            raise TooManyRequests(f"tenant '{principal.tenant}' is over its request rate; retry in {wait:.2f} s")
+        principal = authenticate(self.request.headers, self.catalog, rates)
+        self.tenant = principal.tenant
         return principal
 
     def write_json(self, status: int, body: Any) -> None:
@@ -104,8 +91,9 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         code, message = describe(exc, self._reason)
-        if status_code == 401:
-            self.set_header("WWW-Authenticate", 'Bearer realm="faiss-proxy"')
+        if isinstance(exc, ProxyError):
+            for name, value in exc.http_headers().items():
+                self.set_header(name, value)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": {"code": code, "message": message}}))
 
@@ -255,123 +243,6 @@ SWITCHING_PROTOCOLS = (
 )
 
 
-@tornado.web.stream_request_body
-class RestHandler(BaseHandler):
-    """A REST operation on named indexes, forwarded to the tenant's worker.
-
-    Subclasses map HTTP methods to operation names; the URL's groups become the
-    operation's ``index`` and ``vector`` arguments.  The key is checked, and a
-    read-only key refused for mutations, before the body is read."""
-
-    methods: tuple[tuple[str, str], ...] = ()  # (HTTP method, operation)
-    groups: tuple[str, ...] = ()
-
-    def prepare(self) -> None:
-        self._started = time.perf_counter()
-        self._body = bytearray()
-        self._inflight: Inflight = self.application.settings["inflight"]
-        self._inflight.count += 1
-        self._counted = True
-        op = dict(self.methods).get(self.request.method or "")
-        if op is None:
-            raise tornado.web.HTTPError(405)
-        self.operation = op
-        principal = self.authenticate()
-        if op in MUTATING_OPERATIONS and principal.read_only:
-            raise Forbidden(f"this API key is read-only; '{op}' changes data")
-        self.principal = principal
-        limit = self.proxy_settings.max_body_mb * 1024 * 1024
-        self._limit = limit
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise PayloadTooLarge(f"request body over {self.proxy_settings.max_body_mb} MiB (max_body_mb)")
-        connection: Any = self.request.connection
-        if connection is not None:
-            connection.set_max_body_size(limit)
-
-    def data_received(self, chunk: bytes) -> None:
-        self._body += chunk
-
-    async def _forward(self, *args: str) -> None:
-        path = dict(zip(self.groups, args, strict=True))
-        query = {k: v[-1].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()}
-        status, body = await self.supervisor.rest(self.principal.tenant, self.operation, path, query, bytes(self._body))
-        self.supervisor.metrics.record(
-            self.principal.tenant, "rest", self.operation, time.perf_counter() - self._started, status < 400
-        )
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(body)
-
-    def on_finish(self) -> None:
-        if getattr(self, "_counted", False):
-            self._counted = False
-            self._inflight.count -= 1
-
-    def on_connection_close(self) -> None:
-        self.on_finish()
-        super().on_connection_close()
-
-    async def get(self, *args: str) -> None:
-        await self._forward(*args)
-
-    async def post(self, *args: str) -> None:
-        await self._forward(*args)
-
-    async def delete(self, *args: str) -> None:
-        await self._forward(*args)
-
-
-class Inflight:
-    """REST requests being served (graceful shutdown waits for them)."""
-
-    count = 0
-
-
-class IndexesHandler(RestHandler):
-    methods = (("GET", "list"), ("POST", "create"))
-
-
-class IndexHandler(RestHandler):
-    methods = (("GET", "info"), ("DELETE", "drop"))
-    groups = ("index",)
-
-
-class VectorsHandler(RestHandler):
-    methods = (("POST", "upsert"),)
-    groups = ("index",)
-
-
-class VectorHandler(RestHandler):
-    methods = (("GET", "get_vector"), ("DELETE", "delete_vector"))
-    groups = ("index", "vector")
-
-
-class SearchHandler(RestHandler):
-    methods = (("GET", "search"), ("POST", "search"))
-    groups = ("index",)
-
-
-class TrainHandler(RestHandler):
-    methods = (("POST", "train"),)
-    groups = ("index",)
-
-
-class NtotalHandler(RestHandler):
-    methods = (("GET", "ntotal"),)
-    groups = ("index",)
-
-
-class ResetHandler(RestHandler):
-    methods = (("POST", "reset"),)
-    groups = ("index",)
-
-
-class SpecializedSearchHandler(RestHandler):
-    methods = (("POST", "specialized_search"),)
-    groups = ("index",)
-
-
 class OpenApiHandler(BaseHandler):
     operation = "openapi"
 
@@ -402,31 +273,14 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     if getattr(handler, "_fp_logged", False):
         return
     handler._fp_logged = True  # type: ignore[attr-defined]
-    status = handler.get_status()
-    level = logging.INFO if status < 500 else logging.ERROR
-    tenant = getattr(handler, "tenant", None) or "-"
-    operation = getattr(handler, "operation", "-")
-    duration_ms = 1000.0 * handler.request.request_time()
-    log.log(
-        level,
-        "http tenant=%s op=%s method=%s path=%s status=%d duration=%.2fms",
-        tenant,
-        operation,
-        handler.request.method,
-        handler.request.path,
-        status,
-        duration_ms,
-        extra={
-            "fields": {
-                "kind": "http",
-                "tenant": tenant,
-                "operation": operation,
-                "method": handler.request.method,
-                "path": handler.request.path,
-                "status": status,
-                "duration_ms": round(duration_ms, 3),
-            }
-        },
+    request = handler.request
+    log_http(
+        getattr(handler, "tenant", None),
+        getattr(handler, "operation", "-"),
+        request.method or "-",
+        request.path,
+        handler.get_status(),
+        1000.0 * request.request_time(),
     )
 
 
@@ -440,15 +294,6 @@ def make_app(settings: Settings, catalog: Catalog, supervisor: Supervisor) -> to
             (r"/v1/rpc", RpcUpgradeHandler),
             (r"/v1/openapi.json", OpenApiHandler),
             (r"/v1/metrics", MetricsHandler),
-            (r"/v1/index/?", IndexesHandler),
-            (r"/v1/index/([^/]+)", IndexHandler),
-            (r"/v1/index/([^/]+)/vectors", VectorsHandler),
-            (r"/v1/index/([^/]+)/vectors/([^/]+)", VectorHandler),
-            (r"/v1/index/([^/]+)/search", SearchHandler),
-            (r"/v1/index/([^/]+)/train", TrainHandler),
-            (r"/v1/index/([^/]+)/ntotal", NtotalHandler),
-            (r"/v1/index/([^/]+)/reset", ResetHandler),
-            (r"/v1/index/([^/]+)/specialized_search", SpecializedSearchHandler),
         ],
         catalog=catalog,
         registry=registry,

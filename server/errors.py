@@ -18,6 +18,7 @@ __all__ = [
     "StorageError",
     "OutOfMemory",
     "LimitExceeded",
+    "MethodNotAllowed",
     "TooManyRequests",
     "describe",
 ]
@@ -31,6 +32,10 @@ class ProxyError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def http_headers(self) -> dict[str, str]:
+        """HTTP headers that go with this error's answer."""
+        return {}
 
     def as_builtin(self) -> Exception:
         """The same error for a Python client (``faiss_proxy.open_index`` of a missing
@@ -47,6 +52,9 @@ class BadRequest(ProxyError):
 class Unauthorized(ProxyError):
     status = 401
     code = "unauthorized"
+
+    def http_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="faiss-proxy"'}
 
 
 class Forbidden(ProxyError):
@@ -67,6 +75,20 @@ class Conflict(ProxyError):
 class ServiceUnavailable(ProxyError):
     status = 503
     code = "unavailable"
+
+
+class MethodNotAllowed(ProxyError):
+    """The path exists, the method does not; ``Allow`` lists the methods it has."""
+
+    status = 405
+    code = "http_error"
+
+    def __init__(self, allow: str) -> None:
+        super().__init__("Method Not Allowed")
+        self.allow = allow
+
+    def http_headers(self) -> dict[str, str]:
+        return {"Allow": self.allow}
 
 
 class PayloadTooLarge(ProxyError):
@@ -124,3 +146,12 @@ class TooManyRequests(ProxyError):
     status = 429
     code = "rate_limited"
     builtin = PermissionError
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def http_headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after + 0.5)))}

@@ -125,19 +125,25 @@ class RWLock:
         self._writer = False
         self._writers_waiting = 0
 
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
+    def acquire_read(self) -> None:
         with self._cond:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        self.acquire_read()
         try:
             yield
         finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+            self.release_read()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
@@ -155,6 +161,27 @@ class RWLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
+
+
+class _Reading:
+    """The context of :meth:`NamedIndex.reading` (a class, not a generator: every
+    search enters one)."""
+
+    __slots__ = ("named",)
+
+    def __init__(self, named: NamedIndex) -> None:
+        self.named = named
+
+    def __enter__(self) -> Any:
+        named = self.named
+        named.lock.acquire_read()
+        if named.dropped:
+            named.lock.release_read()
+            named.check_alive()
+        return named.index
+
+    def __exit__(self, *exc: object) -> None:
+        self.named.lock.release_read()
 
 
 @dataclass(frozen=True)
@@ -260,11 +287,9 @@ class NamedIndex:
             raise NotFound(f"named index '{self.name}' {self.gone}")
 
     # --- reads ------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[Any]:
-        with self.lock.read():
-            self.check_alive()
-            yield self.index
+    def reading(self) -> _Reading:
+        """``with named.reading() as index:`` the index, under the read lock."""
+        return _Reading(self)
 
     def info(self) -> dict[str, Any]:
         with self.reading() as index:

@@ -20,6 +20,8 @@ from .access import AccessWatcher
 from .app import make_app
 from .catalog import Catalog
 from .config import Settings
+from .resthttp import PREFIX as REST_PREFIX
+from .resthttp import RestGateway
 from .supervisor import Supervisor
 
 __all__ = ["Server", "serve"]
@@ -39,14 +41,19 @@ class Server:
         self.supervisor = Supervisor(settings, uid_of=self.catalog.tenant_number)
         self.access = AccessWatcher(self.catalog, self.supervisor)
         self.app = make_app(settings, self.catalog, self.supervisor)
+        self.rest = RestGateway(
+            settings, self.catalog, self.supervisor, self.app.settings["rates"], self.app.settings["inflight"]
+        )
         password = AdminPassword(self.catalog)
         self.generated_admin_password = password.ensure(os.environ.get(PASSWORD_VARIABLE))
         ctx = AdminContext(self.catalog, self.supervisor, settings, password, LoginThrottle())
         self.admin_app = make_admin_app(ctx, self.app.settings.get("log_function"))
-        # One port: /admin is the admin application (its own cookies and XSRF), the
-        # rest is the API.
+        # One port: /v1/index... is the REST facade (on Tornado's HTTP layer, see
+        # resthttp), /admin the admin application (its own cookies and XSRF), the rest
+        # the API's Tornado application.
         self.router = tornado.routing.RuleRouter(
             [
+                tornado.routing.Rule(tornado.routing.PathMatches(REST_PREFIX), self.rest),
                 tornado.routing.Rule(tornado.routing.PathMatches(r"/admin(/.*)?"), self.admin_app),
                 tornado.routing.Rule(tornado.routing.AnyMatches(), self.app),
             ]

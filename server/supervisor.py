@@ -29,7 +29,7 @@ from typing import Any
 from .config import Settings
 from .errors import ServiceUnavailable
 from .metrics import GatewayMetrics
-from .restchannel import RestPool
+from .restchannel import Reply, RestPool
 
 __all__ = ["Supervisor", "WorkerProcess", "worker_environment"]
 
@@ -98,8 +98,8 @@ class Supervisor:
         worker.last_active = time.monotonic()
 
     async def worker_for(self, tenant: str) -> WorkerProcess:
-        worker = self.workers.get(tenant)
-        if worker is not None and worker.alive and worker.ready.done() and worker.ready.exception() is None:
+        worker = self.ready_worker(tenant)
+        if worker is not None:
             return worker  # the common case: no lock, no timer
         lock = self._starting.setdefault(tenant, asyncio.Lock())
         async with lock:
@@ -122,10 +122,31 @@ class Supervisor:
             raise ServiceUnavailable(f"worker for tenant '{tenant}' failed to start") from exc
         return worker
 
+    def ready_worker(self, tenant: str) -> WorkerProcess | None:
+        """``tenant``'s worker if it is running now (else ``await worker_for``)."""
+        worker = self.workers.get(tenant)
+        if worker is not None and worker.alive and worker.ready.done() and worker.ready.exception() is None:
+            return worker
+        return None
+
+    def send_rest(
+        self, worker: WorkerProcess, op: str, path: dict[str, str], query: dict[str, str], body: bytes, reply: Reply
+    ) -> None:
+        """Send one REST operation to ``worker`` (see :mod:`.restchannel`); ``reply`` gets
+        ``(status, body)`` or the exception, from the event loop."""
+        worker.inflight += 1
+
+        def done(result: tuple[int, bytes] | BaseException) -> None:
+            worker.inflight -= 1
+            worker.last_active = time.monotonic()
+            reply(result)
+
+        worker.rest.send(op, path, query, body, done)
+
     async def rest(
         self, tenant: str, op: str, path: dict[str, str], query: dict[str, str], body: bytes
     ) -> tuple[int, bytes]:
-        """Run one REST operation in ``tenant``'s worker (see :mod:`.restchannel`)."""
+        """Run one REST operation in ``tenant``'s worker, starting it if needed."""
         worker = await self.worker_for(tenant)
         worker.inflight += 1
         try:

@@ -6,6 +6,8 @@ import base64
 import http.client
 import json
 import re
+import socket
+import urllib.parse
 from typing import Any
 
 import faiss
@@ -16,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from faiss_proxy_server.app import make_app
 from faiss_proxy_server.config import Settings
 from faiss_proxy_server.metadata import string_to_id
+from faiss_proxy_server.resthttp import ROUTES
 
 from .conftest import Dataset, LiveServer, Rest, vector_items
 
@@ -446,6 +449,84 @@ def test_bad_input_is_4xx_in_one_shape_and_changes_nothing(rest: Rest, data: Dat
     assert rest.post("/v1/index/bad/search", search)[1] == results_before
 
 
+class RawHttp:
+    """One keep-alive connection with full control of the bytes (chunked bodies,
+    hanging up early), for the HTTP details of the REST routes."""
+
+    def __init__(self, url: str, key: str) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.key = key
+        self.file = self.sock.makefile("rb")
+
+    def send(self, method: str, path: str, body: bytes = b"", chunked: bool = False) -> None:
+        head = f"{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {self.key}\r\n"
+        if chunked:
+            half = len(body) // 2
+            chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:half], body[half:]) if c)
+            self.sock.sendall(head.encode() + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+        else:
+            self.sock.sendall(head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    def receive(self) -> tuple[int, dict[str, str], Any]:
+        status = int(self.file.readline().split()[1])
+        headers = {}
+        while (line := self.file.readline().rstrip(b"\r\n")) != b"":
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers, json.loads(self.file.read(int(headers["content-length"])))
+
+    def call(self, method: str, path: str, body: Any = None, chunked: bool = False) -> tuple[int, dict[str, str], Any]:
+        self.send(method, path, json.dumps(body).encode() if body is not None else b"", chunked)
+        return self.receive()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def test_http_details_of_the_rest_routes(server: LiveServer, tenant: tuple[str, str], data: Dataset) -> None:
+    rest = Rest(server.url, tenant[1])
+    make_index(rest, "hd.1", data.d)
+    ids = ["plain", "with space", "slash/inside", "ünï©ødé", "100%"]
+    upsert(rest, "hd.1", data.xb[: len(ids)], ids)
+    conn = RawHttp(server.url, tenant[1])
+    try:
+        # one connection, many requests (keep-alive), each answered with a length and a date
+        for _ in range(3):
+            status, headers, body = conn.call("GET", "/v1/index/hd%2E1/ntotal")  # %2E is '.'
+            assert (status, body) == (200, {"ntotal": len(ids)})
+            assert headers["content-type"] == "application/json" and headers["date"].endswith("GMT")
+        # path segments are percent-decoded as UTF-8, '/' included
+        for i, ident in enumerate(ids):
+            status, _, body = conn.call("GET", "/v1/index/hd.1/vectors/" + urllib.parse.quote(ident, safe=""))
+            assert status == 200 and body["id"] == ident
+            assert np.allclose(body["values"], data.xb[i])
+        status, _, body = conn.call("GET", "/v1/index/hd.1/vectors/%FF%FE")
+        assert_error(status, body, 400, "bad_request")
+        # a chunked body is read like any other
+        query = {"vector": data.xq[0].tolist(), "k": 3}
+        status, _, chunked = conn.call("POST", "/v1/index/hd.1/search", query, chunked=True)
+        assert status == 200 and chunked == rest.post("/v1/index/hd.1/search", query)[1]
+        # a wrong method says which methods the path has
+        status, headers, body = conn.call("PUT", "/v1/index/hd.1")
+        assert_error(status, body, 405)
+        assert headers["allow"] == "GET, DELETE"
+        # no key: 401 with the challenge, before the body is looked at
+        conn.key = ""
+        status, headers, body = conn.call("POST", "/v1/index/hd.1/search", query)
+        assert_error(status, body, 401, "unauthorized")
+        assert headers["www-authenticate"].startswith("Bearer")
+    finally:
+        conn.close()
+    # a client that hangs up before its answer costs the server nothing
+    for _ in range(5):
+        gone = RawHttp(server.url, tenant[1])
+        gone.send("POST", "/v1/index/hd.1/search", json.dumps(query).encode())
+        gone.close()
+    assert rest.get("/v1/index/hd.1/ntotal") == (200, {"ntotal": len(ids)})
+
+
 def announce_body(url: str, key: str, path: str, length: int) -> tuple[int, Any]:
     """Send only the headers of a request announcing a ``length``-byte body: the
     server answers 413 without waiting for (or reading) the body."""
@@ -533,25 +614,18 @@ def test_openapi_describes_every_route(server: LiveServer) -> None:
     assert status == 200 and spec["openapi"].startswith("3.")
     described = {re.sub(r"\{[^}]+\}", "{}", p) for p in spec["paths"]}
     app = make_app(Settings(), server.catalog, server.supervisor)
-    routes = set()
+    routes = {route.template for route in ROUTES}
     for rule in app.wildcard_router.rules:
         pattern = rule.matcher.regex.pattern.rstrip("$").replace("/?", "")
         routes.add(re.sub(r"\(\[\^/\]\+\)", "{}", pattern))
     missing = {r for r in routes if r.startswith("/v1/") and r != "/v1/rpc"} - described
     assert not missing, missing
-    # ... and every method each REST handler answers, no more and no fewer
-    from faiss_proxy_server.app import RestHandler
-
-    checked = 0
-    for rule in app.wildcard_router.rules:
-        handler = rule.target
-        if isinstance(handler, type) and issubclass(handler, RestHandler):
-            path = re.sub(r"\(\[\^/\]\+\)", "{}", rule.matcher.regex.pattern.rstrip("$").replace("/?", ""))
-            item = next(v for p, v in spec["paths"].items() if re.sub(r"\{[^}]+\}", "{}", p) == path)
-            served = {method.lower() for method, _op in handler.methods}
-            assert served == set(item) - {"parameters"}, (path, served, set(item))
-            checked += 1
-    assert checked == 9  # the nine /v1/index routes
+    # ... and every method each REST route answers, no more and no fewer
+    for route in ROUTES:
+        item = next(v for p, v in spec["paths"].items() if re.sub(r"\{[^}]+\}", "{}", p) == route.template)
+        served = {method.lower() for method, _op in route.methods}
+        assert served == set(item) - {"parameters"}, (route.template, served, set(item))
+    assert len(ROUTES) == 9  # the nine /v1/index routes
     for path, item in spec["paths"].items():
         for method, op in item.items():
             if method != "parameters":
