@@ -1,4 +1,4 @@
-"""The gateway: one Tornado application on one port.
+"""The gateway's Tornado application (one port, shared with the REST facade and the admin page).
 
 Routes (this module keeps them thin; the work is in the catalog and supervisor):
 
@@ -10,8 +10,10 @@ Routes (this module keeps them thin; the work is in the catalog and supervisor):
                           tampered, expired or revoked key gets 401 before any RPyC byte
                           is read.  On success the gateway answers ``101 Switching
                           Protocols`` and passes the socket to the tenant's worker.
-``/v1/index...``          the REST facade on named indexes: authenticated here, run
-                          in the tenant's worker (:mod:`.rest`, :mod:`.restchannel`).
+``/v1/index...``          the REST facade on named indexes: not this application but
+                          :mod:`.resthttp` on Tornado's HTTP layer (the server's router
+                          sends it there); run in the tenant's worker (:mod:`.rest`,
+                          :mod:`.restchannel`).
 
 Every REST error has one JSON shape, ``{"error": {"code": ..., "message": ...}}``,
 and every request is logged on one line with tenant, operation, status and duration.

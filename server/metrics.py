@@ -80,7 +80,16 @@ class GatewayMetrics:
         self.tenants: dict[str, dict[str, float]] = {}
 
     def record(self, tenant: str, api: str, op: str, seconds: float, ok: bool) -> None:
-        self._add(tenant, api, [[op, 1, 0 if ok else 1, seconds, _one_hot(seconds)]])
+        """One request (the gateway's REST requests: a few dict and list operations)."""
+        key = (tenant, api, op)
+        with self._lock:
+            entry = self.requests.get(key)
+            if entry is None:
+                entry = self.requests[key] = [0, 0, 0.0, [0] * (len(BUCKETS) + 1)]
+            entry[0] += 1
+            entry[1] += 0 if ok else 1
+            entry[2] += seconds
+            entry[3][bisect.bisect_left(BUCKETS, seconds)] += 1
 
     def merge(self, tenant: str, event: dict[str, Any]) -> None:
         """Add a worker's ``stats`` report."""
@@ -112,12 +121,6 @@ class GatewayMetrics:
     def forget_tenant(self, tenant: str) -> None:
         with self._lock:
             self.tenants.pop(tenant, None)
-
-
-def _one_hot(seconds: float) -> list[int]:
-    buckets = [0] * (len(BUCKETS) + 1)
-    buckets[bisect.bisect_left(BUCKETS, seconds)] = 1
-    return buckets
 
 
 class MetricsCollector(Collector):

@@ -1,12 +1,12 @@
 """The gateway-to-worker channel that carries REST requests.
 
 Each tenant worker gets, next to its control socket, ``rest_threads`` ``SOCK_STREAM``
-Unix socket pairs for REST.  The gateway writes requests and reads replies with
-asyncio (:class:`RestClient`, one per channel) and sends each request down an idle
-channel (:class:`RestPool`).  In the worker, each channel has one thread that reads a
-request and runs it at once (:class:`RestServer`): no hand-off between threads, so
-a quick request costs one wake-up; requests of a tenant run in parallel up to the
-number of channels.  Frames, both ways::
+Unix socket pairs for REST.  The gateway writes requests and reads replies from its
+event loop and hands each reply to its request's callback (:class:`RestClient`, one
+per channel); each request goes down an idle channel (:class:`RestPool`).  In the
+worker, each channel has one thread that reads a request and runs it at once
+(:class:`RestServer`): no hand-off between threads, so a quick request costs one
+wake-up; requests of a tenant run in parallel up to the number of channels.  Frames, both ways::
 
     !IQI   request id, body length, header length
     header JSON: request {"op", "path", "query"} / reply {"status"}
