@@ -302,7 +302,8 @@ class RestExchange(httputil.HTTPMessageDelegate):
             headers[name] = value
         start = httputil.ResponseStartLine("HTTP/1.1", status, httputil.responses.get(status, "Unknown"))
         try:
-            self.conn.write_headers(start, headers, body)
+            # A HEAD answer has the headers of the GET answer and no body.
+            self.conn.write_headers(start, headers, b"" if self.method == "HEAD" else body)
             self.conn.finish()
         except StreamClosedError:
             pass

@@ -468,12 +468,14 @@ class RawHttp:
         else:
             self.sock.sendall(head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
-    def receive(self) -> tuple[int, dict[str, str], Any]:
+    def receive(self, head_only: bool = False) -> tuple[int, dict[str, str], Any]:
         status = int(self.file.readline().split()[1])
         headers = {}
         while (line := self.file.readline().rstrip(b"\r\n")) != b"":
             name, _, value = line.decode().partition(":")
             headers[name.strip().lower()] = value.strip()
+        if head_only:
+            return status, headers, None
         return status, headers, json.loads(self.file.read(int(headers["content-length"])))
 
     def call(self, method: str, path: str, body: Any = None, chunked: bool = False) -> tuple[int, dict[str, str], Any]:
@@ -512,6 +514,12 @@ def test_http_details_of_the_rest_routes(server: LiveServer, tenant: tuple[str, 
         status, headers, body = conn.call("PUT", "/v1/index/hd.1")
         assert_error(status, body, 405)
         assert headers["allow"] == "GET, DELETE"
+        # HEAD gets the headers of the answer and no body
+        conn.send("HEAD", "/v1/index/hd.1")
+        status, head, _ = conn.receive(head_only=True)
+        assert status == 405 and head["allow"] == "GET, DELETE" and int(head["content-length"]) > 0
+        status, _, body = conn.call("GET", "/v1/index/hd.1/ntotal")  # nothing was left unread
+        assert (status, body) == (200, {"ntotal": len(ids)})
         # no key: 401 with the challenge, before the body is looked at
         conn.key = ""
         status, headers, body = conn.call("POST", "/v1/index/hd.1/search", query)
