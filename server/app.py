@@ -49,7 +49,7 @@ from .errors import (
 from .limits import RateLimits
 from .metrics import MetricsCollector
 from .openapi import openapi_spec
-from .resthttp import Inflight, authenticate, log_http
+from .resthttp import Inflight, authenticate, log_http, take_rate
 from .supervisor import Supervisor
 
 __all__ = ["make_app", "RPC_PROTOCOL"]
@@ -80,9 +80,10 @@ class BaseHandler(tornado.web.RequestHandler):
         return settings
 
     def authenticate(self) -> Principal:
+        principal = authenticate(self.request.headers, self.catalog)
+        self.tenant = principal.tenant  # logged from here on, 429 included
         rates: RateLimits = self.application.settings["rates"]
-        principal = authenticate(self.request.headers, self.catalog, rates)
-        self.tenant = principal.tenant
+        take_rate(rates, principal.tenant)
         return principal
 
     def write_json(self, status: int, body: Any) -> None:

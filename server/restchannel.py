@@ -79,21 +79,6 @@ class RestClient:
         self._pending[rid] = reply
         self._send(FRAME.pack(rid, len(body), len(header)) + header + body)
 
-    async def request(self, op: str, path: dict[str, str], query: dict[str, str], body: bytes) -> tuple[int, bytes]:
-        """``send`` as a coroutine."""
-        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
-
-        def reply(result: tuple[int, bytes] | BaseException) -> None:
-            if future.done():
-                return
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-        self.send(op, path, query, body, reply)
-        return await future
-
     def _send(self, data: bytes) -> None:
         if self._outbox:
             self._outbox += data
@@ -191,9 +176,6 @@ class RestPool:
 
     def send(self, op: str, path: dict[str, str], query: dict[str, str], body: bytes, reply: Reply) -> None:
         self.pick().send(op, path, query, body, reply)
-
-    async def request(self, op: str, path: dict[str, str], query: dict[str, str], body: bytes) -> tuple[int, bytes]:
-        return await self.pick().request(op, path, query, body)
 
     def close(self) -> None:
         for channel in self.channels:

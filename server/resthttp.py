@@ -51,7 +51,17 @@ from .limits import RateLimits
 from .rest import MUTATING_OPERATIONS
 from .supervisor import Supervisor
 
-__all__ = ["ROUTES", "PREFIX", "Route", "RestGateway", "RestExchange", "Inflight", "authenticate", "log_http"]
+__all__ = [
+    "ROUTES",
+    "PREFIX",
+    "Route",
+    "RestGateway",
+    "RestExchange",
+    "Inflight",
+    "authenticate",
+    "take_rate",
+    "log_http",
+]
 
 log = logging.getLogger("faiss_proxy.access")
 
@@ -97,10 +107,9 @@ class Inflight:
     count = 0
 
 
-def authenticate(headers: Mapping[str, str], catalog: Catalog, rates: RateLimits) -> Principal:
-    """The principal of ``Authorization: Bearer <key>`` (or ``X-API-Key``), after the
-    tenant's request rate; raises :class:`Unauthorized`, :class:`Forbidden` or
-    :class:`TooManyRequests` (with ``retry_after``)."""
+def authenticate(headers: Mapping[str, str], catalog: Catalog) -> Principal:
+    """The principal of ``Authorization: Bearer <key>`` (or ``X-API-Key``); raises
+    :class:`Unauthorized` or :class:`Forbidden`."""
     header = headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
@@ -108,11 +117,14 @@ def authenticate(headers: Mapping[str, str], catalog: Catalog, rates: RateLimits
         scheme = "Bearer" if token else ""
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    principal = catalog.authenticate(token.strip())
-    wait = rates.take(principal.tenant)
+    return catalog.authenticate(token.strip())
+
+
+def take_rate(rates: RateLimits, tenant: str) -> None:
+    """One request of ``tenant``'s rate; :class:`TooManyRequests` (with ``Retry-After``) beyond it."""
+    wait = rates.take(tenant)
     if wait > 0:
-        raise TooManyRequests(f"tenant '{principal.tenant}' is over its request rate; retry in {wait:.2f} s", wait)
-    return principal
+        raise TooManyRequests(f"tenant '{tenant}' is over its request rate; retry in {wait:.2f} s", wait)
 
 
 def log_http(tenant: str | None, operation: str, method: str, path: str, status: int, duration_ms: float) -> None:
@@ -249,8 +261,9 @@ class RestExchange(httputil.HTTPMessageDelegate):
             raise MethodNotAllowed(route.allow)
         self.operation = op
         self.args = {name: _unquote(value) for name, value in zip(route.groups, match.groups(), strict=True)}
-        principal = authenticate(headers, self.gate.catalog, self.gate.rates)
-        self.tenant = principal.tenant
+        principal = authenticate(headers, self.gate.catalog)
+        self.tenant = principal.tenant  # logged from here on, 429 included
+        take_rate(self.gate.rates, principal.tenant)
         if op in MUTATING_OPERATIONS and principal.read_only:
             raise Forbidden(f"this API key is read-only; '{op}' changes data")
         self.principal = principal

@@ -146,14 +146,20 @@ class Supervisor:
     async def rest(
         self, tenant: str, op: str, path: dict[str, str], query: dict[str, str], body: bytes
     ) -> tuple[int, bytes]:
-        """Run one REST operation in ``tenant``'s worker, starting it if needed."""
+        """:meth:`send_rest` as a coroutine, starting the tenant's worker if needed."""
         worker = await self.worker_for(tenant)
-        worker.inflight += 1
-        try:
-            return await worker.rest.request(op, path, query, body)
-        finally:
-            worker.inflight -= 1
-            worker.last_active = time.monotonic()
+        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+
+        def reply(result: tuple[int, bytes] | BaseException) -> None:
+            if future.done():
+                return
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        self.send_rest(worker, op, path, query, body, reply)
+        return await future
 
     def _spawn(self, tenant: str) -> WorkerProcess:
         s = self.settings
