@@ -66,9 +66,13 @@ MSG_FAST_REQUEST = 0x41
 MSG_FAST_REPLY = 0x42
 MSG_FAST_ERROR = 0x43
 SEQ = struct.Struct("!Q")
+_TYPE_SEQ = struct.Struct("!BQ")  # a fast message's type byte and sequence number
 HEADER = struct.Struct("!IIB")
 _unpack_header = HEADER.unpack_from
 LENGTH = struct.Struct("!Q")
+#: A frame's header followed by its attachment lengths, for 0-3 attachments (the
+#: hot path; more are packed with a format built per frame).
+_HEADS = tuple(struct.Struct("!IIB" + "Q" * n) for n in range(4))
 MAX_ATTACHMENTS = 4096
 DEFAULT_MAX_FRAME = 1 << 30
 _SMALL = 1 << 16
@@ -168,8 +172,15 @@ class FrameChannel:
         head = HEADER.size + LENGTH.size * count
         if self._end - self._start < head:
             self._ensure(head)
-        lengths = struct.unpack_from(f"!{count}Q", buf, self._start + HEADER.size) if count else ()
-        body = meta_len + sum(lengths)
+        if count == 0:
+            lengths: tuple[int, ...] = ()
+            body = meta_len
+        elif count == 1:
+            lengths = LENGTH.unpack_from(buf, self._start + HEADER.size)
+            body = meta_len + lengths[0]
+        else:
+            lengths = struct.unpack_from(f"!{count}Q", buf, self._start + HEADER.size)
+            body = meta_len + sum(lengths)
         if body > self.max_frame:
             self.close()
             raise ProtocolError(f"frame of {body} bytes exceeds the limit of {self.max_frame}")
@@ -235,14 +246,19 @@ class FrameChannel:
 
     def send(self, frame: tuple[bytes, list[np.ndarray]]) -> None:
         meta, attachments = frame
-        head = HEADER.pack(len(meta), len(attachments), 0)
-        if attachments:
-            head += struct.pack(f"!{len(attachments)}Q", *(a.nbytes for a in attachments))
+        count = len(attachments)
+        if count < len(_HEADS):
+            head = _HEADS[count].pack(len(meta), count, 0, *[a.nbytes for a in attachments])
+        else:
+            head = HEADER.pack(len(meta), count, 0) + struct.pack(f"!{count}Q", *[a.nbytes for a in attachments])
         # Attachments are C-contiguous (the Packer makes them so): their buffer is
         # their bytes, whatever the dtype.
         views = [a.data if a.flags.c_contiguous else wire_view(a) for a in attachments if a.nbytes]
+        size = len(meta)
+        for v in views:
+            size += v.nbytes
         try:
-            if len(meta) + sum(v.nbytes for v in views) <= _SMALL:
+            if size <= _SMALL:
                 # One syscall, one TCP segment: small replies do not trickle out.
                 self.sock.sendall(b"".join([head, meta, *views]))
                 return
@@ -450,8 +466,7 @@ class ClientConnection(FramedConnection):
         if target is not None:
             idpacks.append(target.____id_pack__)
             target_index = len(idpacks) - 1
-        body = pack_json([op, name, target_index, idpacks, tree])
-        meta = bytes((MSG_FAST_REQUEST,)) + SEQ.pack(seq) + body.encode()
+        meta = _TYPE_SEQ.pack(MSG_FAST_REQUEST, seq) + pack_json([op, name, target_index, idpacks, tree])
         try:
             self._send_raw(meta, _attachments(buffers))
         except Exception:
@@ -500,7 +515,7 @@ class ClientConnection(FramedConnection):
             return
         try:
             (seq,) = SEQ.unpack_from(data, 1)
-            body = unpack_json(data[1 + SEQ.size :])
+            body = unpack_json(memoryview(data)[_TYPE_SEQ.size :])
             if msg == MSG_FAST_REPLY:
                 tree, idpacks = body
                 refs = tuple(self._unbox((consts.LABEL_REMOTE_REF, tuple(p))) for p in idpacks) if idpacks else ()
@@ -616,7 +631,7 @@ class ServerConnection(FramedConnection):
             raise ProtocolError("short fast request")
         (seq,) = SEQ.unpack_from(data, 1)
         try:
-            op, name, target_index, idpacks, tree = unpack_json(data[1 + SEQ.size :])
+            op, name, target_index, idpacks, tree = unpack_json(memoryview(data)[_TYPE_SEQ.size :])
             refs = tuple(self._local_objects[tuple(p)] for p in idpacks)
             target = refs[target_index] if target_index is not None else None
         except Exception as exc:
@@ -631,8 +646,7 @@ class ServerConnection(FramedConnection):
             handler = self._local_root.fast_operation(op)
             out_tree, out_buffers, out_refs = handler(target, name, tree, buffers, refs)
             idpacks = [self._box(h)[1] for h in out_refs]
-            body = pack_json([out_tree, idpacks])
-            meta = bytes((MSG_FAST_REPLY,)) + SEQ.pack(seq) + body.encode()
+            meta = _TYPE_SEQ.pack(MSG_FAST_REPLY, seq) + pack_json([out_tree, idpacks])
             attachments = _attachments(out_buffers)
         except Exception as exc:
             self._reply_fast_error(seq, exc)

@@ -210,15 +210,40 @@ def _make_encoder() -> Any:
     return encode
 
 
-#: ``pack_json(tree)`` is ``json.dumps(tree, separators=(",", ":"))``, faster.
-pack_json = _make_encoder()
+_encode_str = _make_encoder()
 _scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # the C scanner
+
+try:  # the server's dependency; a client without it uses the C json codec alone
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on what is installed
+    _orjson = None  # type: ignore[assignment]
+
+
+def pack_json(tree: Any) -> bytes:
+    """``json.dumps(tree, separators=(",", ":")).encode()``, faster.
+
+    orjson writes the header when it can write it exactly: it refuses integers
+    outside 64 bits (raises) and writes NaN and infinities as ``null`` (so any
+    ``null`` in its output sends the tree through the stdlib encoder, which writes
+    ``None`` as ``null`` and NaN as ``NaN``, as ``json`` does)."""
+    if _orjson is not None:
+        try:
+            out = _orjson.dumps(tree)
+        except TypeError:  # orjson.JSONEncodeError: a big int, a non-str key, ...
+            pass
+        else:
+            if b"null" not in out:
+                return out
+    return _encode_str(tree).encode()
 
 
 def unpack_json(text: Any) -> Any:
-    """``json.loads`` for str or UTF-8 bytes (one JSON value, no surrounding space)."""
+    """``json.loads`` for str or UTF-8 bytes (one JSON value, no surrounding space).
+
+    (The stdlib's C scanner: on a header of a hundred bytes it is as fast as
+    orjson, and orjson reads integers past 64 bits as floats.)"""
     if isinstance(text, (bytes, bytearray, memoryview)):
-        text = bytes(text).decode()
+        text = str(text, "utf-8")
     elif not isinstance(text, str):
         raise TypeError("malformed message header")
     try:

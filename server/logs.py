@@ -5,6 +5,14 @@ request made that call on the IOLoop for every request (about 0.1 ms here).  The
 gateway's handlers therefore only enqueue records (:class:`logging.handlers.QueueHandler`);
 a :class:`~logging.handlers.QueueListener` thread formats and writes them.
 :func:`stop_logging` flushes what is queued (at shutdown, and at exit).
+
+Two more costs come off the request path (from the Logging HOWTO's
+"Optimization" section): the stdlib's ``QueueHandler`` formats and copies each
+record before enqueuing it (it prepares records for other processes), so ours
+enqueues the record as it is and the writer thread formats it; and
+``logging._srcfile = None`` skips the walk up the stack for the caller's file and
+line, which no format here prints.  Together: about 19 -> 8 µs per access-log
+line, measured in a loop.
 """
 
 from __future__ import annotations
@@ -50,7 +58,17 @@ def make_formatter(log_format: str) -> logging.Formatter:
     raise SystemExit(f"unknown log format {log_format!r}: use 'text' or 'json'")
 
 
+class _InProcessQueueHandler(logging.handlers.QueueHandler):
+    """Enqueues the record itself: the writer thread is in this process, so the
+    record need not be formatted and copied first.  (Arguments are formatted when
+    the line is written; the call sites log immutable values.)"""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
 _listener: logging.handlers.QueueListener | None = None
+_srcfile = logging._srcfile
 
 
 def setup_logging(level: str, stream: TextIO, log_format: str = "text") -> None:
@@ -63,7 +81,8 @@ def setup_logging(level: str, stream: TextIO, log_format: str = "text") -> None:
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(logging.handlers.QueueHandler(records))
+    root.addHandler(_InProcessQueueHandler(records))
+    logging._srcfile = None  # no caller lookup per record (see the module doc)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     _listener = logging.handlers.QueueListener(records, handler, respect_handler_level=False)
     _listener.start()
@@ -76,3 +95,4 @@ def stop_logging() -> None:
     if _listener is not None:
         listener, _listener = _listener, None
         listener.stop()
+        logging._srcfile = _srcfile

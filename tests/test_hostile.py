@@ -214,7 +214,7 @@ class RawSession:
 
     def send(self, body: bytes | Any, attachments: tuple[np.ndarray, ...] = ()) -> int:
         self.seq += 1
-        raw = body if isinstance(body, bytes) else w.pack_json(body).encode()
+        raw = body if isinstance(body, bytes) else w.pack_json(body)
         self.channel.send((bytes((MSG_FAST_REQUEST,)) + SEQ.pack(self.seq) + raw, list(attachments)))
         return self.seq
 
