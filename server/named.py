@@ -414,9 +414,13 @@ class NamedIndex:
 
     # --- persistence ------------------------------------------------------------------
     def snapshot(self, force: bool = False) -> bool:
-        """Write a snapshot and drop the log it covers; False when nothing changed."""
+        """Write a snapshot and drop the log it covers; False when nothing changed.
+
+        Serializing is a read: it runs under the read lock, so searches go on while
+        it runs; changes wait (every change and its log record are made under the
+        write lock, so the snapshot and the log position it covers agree)."""
         with self._snapshot_lock:
-            with self.lock.write():
+            with self.lock.read():
                 if self.dropped or (not force and self.wal.bytes_since_snapshot == 0):
                     return False
                 started = time.monotonic()

@@ -465,6 +465,58 @@ def test_a_change_that_cannot_be_logged_changes_nothing(tmp_path: Path, dataset:
     store.close()
 
 
+def test_searches_go_on_while_a_snapshot_is_written(tmp_path: Path, dataset: Dataset) -> None:
+    """A snapshot serializes under the read lock: a search during it answers, a change
+    waits for it, and the snapshot covers exactly what was logged before it."""
+    from faiss_proxy_server.named import NamedIndexStore
+
+    slow, serializing, release = threading.Event(), threading.Event(), threading.Event()
+
+    class SlowSerialize(ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            return getattr(faiss, name)
+
+        @staticmethod
+        def serialize_index(index: Any) -> Any:
+            if slow.is_set():
+                serializing.set()
+                assert release.wait(30)
+            return faiss.serialize_index(index)
+
+    store = NamedIndexStore(SlowSerialize("faiss"), tmp_path, lambda *a: None)
+    named = store.create("x", dataset.d)
+    ids = np.arange(20, dtype="<i8")
+    header = {"op": "upsert", "n": 20, "labels": [None] * 20, "meta": [None] * 20}
+    named.write(header, ids.tobytes() + dataset.xb[:20].tobytes())
+
+    slow.set()
+    snap = threading.Thread(target=named.snapshot)
+    snap.start()
+    assert serializing.wait(30)
+    with named.reading() as index:  # would block for good under a write lock
+        _, labels = index.search(dataset.xq[:1], 5)
+    assert (labels >= 0).all()
+
+    changed = threading.Event()
+
+    def change() -> None:
+        more = {"op": "upsert", "n": 5, "labels": [None] * 5, "meta": [None] * 5}
+        named.write(more, (ids[:5] + 100).tobytes() + dataset.xb[20:25].tobytes())
+        changed.set()
+
+    writer = threading.Thread(target=change)
+    writer.start()
+    assert not changed.wait(0.3), "a change went through while the snapshot was being written"
+    release.set()
+    snap.join(30)
+    writer.join(30)
+    assert changed.is_set()
+    store.close()
+
+    again = NamedIndexStore(faiss, tmp_path, lambda *a: None).open("x")
+    assert again.index.ntotal == 25 and sorted(again.registry.ids()) == [*range(20), *range(100, 105)]
+
+
 @pytest.mark.parametrize("failure", [MemoryError, RuntimeError])
 def test_a_change_that_fails_halfway_leaves_what_was_acknowledged(
     tmp_path: Path, dataset: Dataset, failure: type[Exception]
