@@ -26,7 +26,9 @@ unbounded inflation and frame sizes on receive).  This module replaces that laye
 from __future__ import annotations
 
 import builtins
+import itertools
 import json
+import secrets
 import select
 import socket
 import ssl
@@ -77,6 +79,18 @@ MAX_ATTACHMENTS = 4096
 DEFAULT_MAX_FRAME = 1 << 30
 _SMALL = 1 << 16
 _SPARE_MAX = 256 << 20  # largest receive buffer a channel keeps for reuse
+
+
+#: Numbers that name a worker's objects to its peers (in id-packs, and as their
+#: hash): unique in the process and never reused, from a random start so that an
+#: id-pack of another worker's session names nothing here.  RPyC's own id-packs are
+#: made of ``id()``, memory addresses, which would tell a peer the layout of the
+#: worker's memory.
+_WIRE_NUMBERS = itertools.count(secrets.randbits(62) + 1)
+
+
+def next_wire_number() -> int:
+    return next(_WIRE_NUMBERS)
 
 
 class ProtocolError(EOFError):
@@ -350,7 +364,7 @@ class FramedConnection(Connection):
             if brine.dumpable(obj):
                 return consts.LABEL_VALUE, obj
             return consts.LABEL_TUPLE, tuple(self._box_into(item, attachments) for item in obj)
-        return Connection._box(self, obj)
+        return self._box(obj)
 
     def _box(self, obj: Any) -> Any:
         if type(obj) is Blob:
@@ -683,6 +697,30 @@ class ServerConnection(FramedConnection):
             self._send(consts.MSG_REPLY, seq, boxed, attachments)
         except EOFError:
             pass
+
+    # --- references: named by number, never by address -------------------------------
+    @staticmethod
+    def _id_pack(obj: Any) -> tuple[str, int, int]:
+        """The id-pack a client names ``obj`` by.  RPyC's own (``get_id_pack``) holds
+        ``id(type(obj))`` and ``id(obj)``, memory addresses of this process; the
+        worker's objects carry a ``wire_number`` instead (see the reflection's
+        ``next_wire_number``), and nothing else is sent by reference."""
+        number = getattr(obj, "wire_number", None)
+        if type(number) is not int:
+            raise TypeError(f"{type(obj).__name__} objects are not sent by reference")
+        return (type(obj).__name__, 0, number)
+
+    def _box(self, obj: Any) -> Any:
+        if type(obj) is Blob:
+            raise TypeError("a Blob must be boxed with its message")
+        if brine.dumpable(obj) or type(obj) is tuple or isinstance(obj, netref.BaseNetref):
+            return Connection._box(self, obj)
+        id_pack = self._id_pack(obj)
+        self._local_objects.add(id_pack, obj)
+        return consts.LABEL_REMOTE_REF, id_pack
+
+    def _handle_del(self, obj: Any, count: int = 1) -> None:
+        self._local_objects.decref(self._id_pack(obj), count)
 
     def _unbox(self, package: Any) -> Any:
         if package[0] == consts.LABEL_REMOTE_REF:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from faiss_proxy import _wire as w
+from faiss_proxy._transport import next_wire_number
 
 __all__ = [
     "Reflection",
@@ -347,15 +348,21 @@ class Handle:
     produced it), so a sub-object can never outlive the memory it refers to.
     """
 
-    __slots__ = ("__weakref__", "keep", "named", "obj", "path")
+    __slots__ = ("__weakref__", "keep", "named", "obj", "path", "wire_number")
 
     def __init__(self, obj: Any, keep: tuple[Any, ...] = (), named: Any = None, path: tuple[Any, ...] = ()) -> None:
+        self.wire_number = next_wire_number()
         self.obj = obj
         self.keep = keep
         # For objects of a named index: the index, and the steps from it to ``obj``
         # (see faiss_proxy_server.named), so changes through them are logged.
         self.named = named
         self.path = path
+
+    # RPyC answers a peer's hash() of a reference (a safe attribute); the default
+    # would be derived from this process's memory address.
+    def __hash__(self) -> int:
+        return hash(self.wire_number)
 
     def _rpyc_getattr(self, name: str) -> Any:
         raise AttributeError("access denied")

@@ -36,12 +36,20 @@ from typing import Any
 import numpy as np
 
 from faiss_proxy import _wire as w
+from faiss_proxy._transport import next_wire_number
 
 from .errors import ProxyError, TooManyRequests
 from .limits import TokenBucket
 from .metrics import OperationStats
 from .named import PATH_FUNCTIONS, READ_FUNCTIONS, READ_METHODS, NamedIndex, NamedIndexStore
-from .reflection import Handle, Reflection, check_attribute, check_built, check_constructor, checked_method
+from .reflection import (
+    Handle,
+    Reflection,
+    check_attribute,
+    check_built,
+    check_constructor,
+    checked_method,
+)
 
 __all__ = ["FaissService", "ThreadPolicy", "SessionStats", "READ_ONLY_INPUT_METHODS"]
 
@@ -197,6 +205,13 @@ class FaissService:
         self.read_only = read_only
         self.stats = SessionStats()
         self._fast_ops: dict[str, Callable[..., Reply]] = {op: getattr(self, "op_" + op) for op in _FAST}
+        self.wire_number = next_wire_number()  # names the session's root to the client
+
+    def __repr__(self) -> str:
+        return f"<faiss-proxy session #{self.wire_number}>"
+
+    def __hash__(self) -> int:
+        return hash(self.wire_number)
 
     # rpyc protocol hooks ------------------------------------------------------------
     def on_connect(self, conn: Any) -> None:

@@ -357,13 +357,60 @@ def test_raw_rpyc_on_the_session_root_is_refused(remote: ModuleType) -> None:
     with pytest.raises(AttributeError, match="cannot access '__class__'"):
         rpc.sync_request(consts.HANDLE_CMP, root, root, "__class__")
 
-    # An exposed operation's bound method is callable, but nothing behind it is reachable.
-    hello = rpc.sync_request(consts.HANDLE_GETATTR, root, "hello")
-    for name in ("__self__", "__func__", "__globals__", "__code__", "__closure__"):
-        with pytest.raises(AttributeError, match=f"cannot access '{name}'"):
-            rpc.sync_request(consts.HANDLE_GETATTR, hello, name)
-    assert rpc.sync_request(consts.HANDLE_CALL, hello, (), ())[0] == "faiss-proxy"
+    # An exposed operation is called on the root (HANDLE_CALLATTR, as the library does);
+    # its bound method is not handed out as a reference (it would be a way to its
+    # function, and RPyC would name it by address).
+    with pytest.raises(TypeError, match="method objects are not sent by reference"):
+        rpc.sync_request(consts.HANDLE_GETATTR, root, "hello")
+    assert rpc.sync_request(consts.HANDLE_CALLATTR, root, "hello", (), ())[0] == "faiss-proxy"
     _assert_serving(remote)
+
+
+def test_no_server_memory_address_reaches_the_client(remote: ModuleType) -> None:
+    """RPyC names objects by ``id()`` (their addresses) in id-packs, and its safe
+    attributes answer ``repr``/``hash`` with addresses too: the worker's objects are
+    named by a number instead, so a client learns nothing of the worker's memory
+    layout (which would help an exploit of a FAISS memory bug)."""
+    index = remote.IndexFlatL2(8)
+    index.add(X8[:5])
+    sub = remote.IndexIDMap(remote.IndexFlatL2(8))
+    c = _conn(remote)
+    rpc = c.rpc
+    refs = [c.root, _ref(index), _ref(sub)]
+    packs = [ref.____id_pack__ for ref in refs]
+    for name, type_id, number in packs:
+        assert isinstance(name, str) and type_id == 0 and isinstance(number, int), packs
+    assert len({p[2] for p in packs}) == len(packs)
+    for ref in refs:
+        for handler in (consts.HANDLE_REPR, consts.HANDLE_STR):
+            text = rpc.sync_request(handler, ref)
+            assert "0x" not in text and "object at" not in text, text
+        assert rpc.sync_request(consts.HANDLE_HASH, ref) == hash(ref.____id_pack__[2])
+    # the numbers name the objects: dropping a proxy frees its object (RPyC's
+    # HANDLE_DEL), and the session goes on
+    number = _ref(sub).____id_pack__[2]
+    del sub, refs, ref
+    import gc
+
+    gc.collect()
+    forged = _OpaqueRef(rpc, ("Handle", 0, number))
+    forged.____refcount__ = 0
+    with pytest.raises(TypeError, match="malformed request"):
+        _raw_getattr(c, forged, "ntotal")
+    assert index.ntotal == 5
+    _assert_serving(remote)
+
+
+def test_id_packs_hold_no_address() -> None:
+    from faiss_proxy._transport import ServerConnection
+    from faiss_proxy_server.reflection import Handle
+
+    first, second = Handle(object()), Handle(object())
+    pack = ServerConnection._id_pack(first)
+    assert id(first) not in pack and id(type(first)) not in pack and id(first.obj) not in pack
+    assert ServerConnection._id_pack(first) == pack != ServerConnection._id_pack(second)
+    with pytest.raises(TypeError, match="object objects are not sent by reference"):
+        ServerConnection._id_pack(object())
 
 
 def test_raw_rpyc_on_a_handle_is_refused(remote: ModuleType) -> None:
