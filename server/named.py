@@ -120,21 +120,26 @@ class RWLock:
     """Many readers or one writer; a waiting writer stops new readers (no starvation)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # Readers take the condition's lock directly (``with self._lock`` is C code,
+        # ``with self._cond`` a Python call): they run on every search.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
 
     def acquire_read(self) -> None:
-        with self._cond:
+        with self._lock:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
 
     def release_read(self) -> None:
-        with self._cond:
+        with self._lock:
             self._readers -= 1
-            if not self._readers:
+            # Only a writer can be waiting for the last reader to leave (readers
+            # wait for writers, and a writer still waiting keeps them waiting).
+            if not self._readers and self._writers_waiting:
                 self._cond.notify_all()
 
     @contextlib.contextmanager
@@ -152,8 +157,11 @@ class RWLock:
             try:
                 while self._writer or self._readers:
                     self._cond.wait()
-            finally:
+            except BaseException:  # interrupted while waiting: readers may go on
                 self._writers_waiting -= 1
+                self._cond.notify_all()
+                raise
+            self._writers_waiting -= 1
             self._writer = True
         try:
             yield

@@ -379,11 +379,14 @@ class RestApi:
 
     def _hits(self, named: NamedIndex, index: Any, D: np.ndarray, I: np.ndarray, include: list[str]) -> list[Any]:
         entries = named.registry.entries
-        valid = I >= 0
-        ids = I[valid].tolist()
-        scores = D[valid].tolist()
+        ids = I.tolist()
+        scores = D.tolist()
+        if -1 in ids:  # fewer than k found: FAISS pads with -1
+            valid = I >= 0
+            ids = I[valid].tolist()
+            scores = D[valid].tolist()
         with_meta = "metadata" in include
-        values = _reconstruct(index, I[valid]).tolist() if "values" in include and ids else None
+        values = _reconstruct(index, np.array(ids, dtype=np.int64)).tolist() if "values" in include and ids else None
         hits = []
         for j, ident in enumerate(ids):
             label, meta = entries.get(ident, (None, None))

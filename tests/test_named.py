@@ -635,3 +635,40 @@ def test_read_only_key_over_rpc_reads_but_never_changes(server: LiveServer, data
         assert ro.ntotal == 100 and ro.nprobe == 1
     finally:
         faiss_proxy.configure(api_url="", api_key="")
+
+
+def test_rwlock_readers_share_and_a_writer_excludes() -> None:
+    """Two readers hold the lock at once; a writer waits for both to leave and, while it
+    waits, keeps new readers out (no starvation); after it, readers go on."""
+    from faiss_proxy_server.named import RWLock
+
+    lock = RWLock()
+    lock.acquire_read()
+    lock.acquire_read()  # a second reader does not wait
+    order: list[str] = []
+    writer_in = threading.Event()
+
+    def writer() -> None:
+        with lock.write():
+            writer_in.set()
+            order.append("writer")
+            time.sleep(0.1)
+
+    def late_reader() -> None:
+        lock.acquire_read()
+        order.append("reader")
+        lock.release_read()
+
+    w = threading.Thread(target=writer)
+    w.start()
+    time.sleep(0.1)
+    r = threading.Thread(target=late_reader)
+    r.start()
+    time.sleep(0.1)
+    assert not writer_in.is_set() and order == []  # two readers still hold it
+    lock.release_read()
+    assert not writer_in.wait(0.1)  # one reader still holds it
+    lock.release_read()
+    w.join(5)
+    r.join(5)
+    assert order == ["writer", "reader"]  # the late reader waited for the waiting writer
