@@ -703,18 +703,16 @@ class ServerConnection(FramedConnection):
     def _id_pack(obj: Any) -> tuple[str, int, int]:
         """The id-pack a client names ``obj`` by.  RPyC's own (``get_id_pack``) holds
         ``id(type(obj))`` and ``id(obj)``, memory addresses of this process; the
-        worker's objects carry a ``wire_number`` instead (see the reflection's
-        ``next_wire_number``), and nothing else is sent by reference."""
+        worker's objects carry a ``wire_number`` instead (:func:`next_wire_number`),
+        and nothing else is sent by reference."""
         number = getattr(obj, "wire_number", None)
         if type(number) is not int:
             raise TypeError(f"{type(obj).__name__} objects are not sent by reference")
         return (type(obj).__name__, 0, number)
 
     def _box(self, obj: Any) -> Any:
-        if type(obj) is Blob:
-            raise TypeError("a Blob must be boxed with its message")
-        if brine.dumpable(obj) or type(obj) is tuple or isinstance(obj, netref.BaseNetref):
-            return Connection._box(self, obj)
+        if type(obj) is Blob or brine.dumpable(obj) or type(obj) is tuple or isinstance(obj, netref.BaseNetref):
+            return FramedConnection._box(self, obj)
         id_pack = self._id_pack(obj)
         self._local_objects.add(id_pack, obj)
         return consts.LABEL_REMOTE_REF, id_pack

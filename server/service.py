@@ -42,14 +42,7 @@ from .errors import ProxyError, TooManyRequests
 from .limits import TokenBucket
 from .metrics import OperationStats
 from .named import PATH_FUNCTIONS, READ_FUNCTIONS, READ_METHODS, NamedIndex, NamedIndexStore
-from .reflection import (
-    Handle,
-    Reflection,
-    check_attribute,
-    check_built,
-    check_constructor,
-    checked_method,
-)
+from .reflection import Handle, Reflection, check_attribute, check_built, check_constructor, checked_method
 
 __all__ = ["FaissService", "ThreadPolicy", "SessionStats", "READ_ONLY_INPUT_METHODS"]
 
