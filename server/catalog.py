@@ -90,6 +90,7 @@ class Principal:
     tenant: str
     key_id: str
     scope: str
+    expires: float | None = None  # the key's expiry (Unix time), if it has one
 
     @property
     def read_only(self) -> bool:
@@ -299,6 +300,26 @@ class Catalog:
         return out
 
     # --- authentication ----------------------------------------------------------------
+    def note_used(self, key_ids: list[str]) -> None:
+        """Record that these keys served requests the gateway did not see (REST
+        connections served by a worker, see faiss_proxy_server.restdirect)."""
+        with self._db() as db:
+            for key_id in key_ids:
+                self._touch(db, key_id)
+
+    def _touch(self, db: sqlite3.Connection, key_id: str) -> None:
+        """``last_used_at`` of a key, written at most every ``LAST_USED_RESOLUTION`` s."""
+        now = time.time()
+        if now - self._last_used.get(key_id, 0.0) < self.LAST_USED_RESOLUTION:
+            return
+        self._last_used[key_id] = now
+        try:
+            db.execute("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (now, key_id))
+        except sqlite3.OperationalError as exc:
+            # A full or read-only data dir must not lock tenants out of reads:
+            # "last used" is bookkeeping, authentication does not depend on it.
+            log.warning("could not record the last use of key %s: %s", key_id, exc)
+
     def authenticate(self, token: str) -> Principal:
         """Verify a bearer token: signature, expiry, then the catalog (revocation).
 
@@ -338,13 +359,6 @@ class Catalog:
                 raise Unauthorized("API key revoked")
             if row[3] != "active":
                 raise Forbidden(f"tenant '{tenant}' is {row[3]}")
-            now = time.time()
-            if now - self._last_used.get(key_id, 0.0) >= self.LAST_USED_RESOLUTION:
-                self._last_used[key_id] = now
-                try:
-                    db.execute("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (now, key_id))
-                except sqlite3.OperationalError as exc:
-                    # A full or read-only data dir must not lock tenants out of reads:
-                    # "last used" is bookkeeping, authentication does not depend on it.
-                    log.warning("could not record the last use of key %s: %s", key_id, exc)
-        return Principal(tenant=tenant, key_id=key_id, scope=scope)
+            self._touch(db, key_id)
+        exp = claims.get("exp")
+        return Principal(tenant=tenant, key_id=key_id, scope=scope, expires=None if exp is None else float(exp))

@@ -86,7 +86,16 @@ SETTINGS: tuple[Setting, ...] = (
         "rest_threads",
         int,
         8,
-        "REST channels (and threads) per tenant worker: how many REST requests of one tenant run at once.",
+        "REST channels (and threads) per tenant worker: how many REST requests of one tenant run at once "
+        "through the gateway.",
+    ),
+    Setting(
+        "rest_direct_connections",
+        int,
+        64,
+        "Plain-HTTP REST connections per tenant worker that, once a request on them is authenticated, the "
+        "worker serves itself (a thread each; the gateway keeps serving the rest; not with TLS or "
+        "tenant_rate_limit). 0: the gateway serves every REST request.",
     ),
     Setting(
         "snapshot_wal_mb",
@@ -172,6 +181,7 @@ class Settings:
     max_k: int = 1024
     max_batch: int = 100_000
     rest_threads: int = 8
+    rest_direct_connections: int = 64
     snapshot_wal_mb: float = 256.0
     snapshot_interval: float = 300.0
     metrics_token: str = ""

@@ -1,6 +1,7 @@
 """Metrics across the gateway and the tenant workers, in Prometheus format.
 
-RPC calls run in the tenant workers, REST requests are timed in the gateway.
+RPC calls run in the tenant workers; REST requests are timed where they are served, in
+the gateway or, on a connection handed to the worker, in the worker.
 Each worker keeps per-operation counts and a latency histogram
 (:class:`OperationStats`) and every second sends what changed since its last
 report to the gateway over its control channel (``{"event": "stats", ...}``),
@@ -16,6 +17,9 @@ Exposed (all prefixed ``faiss_proxy_``):
     (``call.search``, ``function.index_factory``, ``new``, ``getattr``; REST:
     ``search``, ``upsert``, ...)
 ``rpc_sessions``                    open RPC sessions per tenant
+``rest_direct_connections``         REST connections its worker serves, per tenant
+``rest_handoffs_total``, ``rest_handbacks_total``   REST connections handed to
+    workers, and handed back to the gateway (see faiss_proxy_server.restdirect)
 ``workers``, ``worker_restarts_total``   running workers; workers that died
 ``worker_rss_bytes``                resident memory of each tenant's worker
 ``named_indexes``, ``vectors``, ``wal_bytes``   per tenant, as last reported
@@ -96,6 +100,9 @@ class GatewayMetrics:
         rows = event.get("rpc")
         if isinstance(rows, list):
             self._add(tenant, "rpc", rows)
+        rows = event.get("rest")  # requests on REST connections the worker serves itself
+        if isinstance(rows, list):
+            self._add(tenant, "rest", rows)
         named = event.get("named")
         if isinstance(named, dict):
             with self._lock:
@@ -157,14 +164,29 @@ class MetricsCollector(Collector):
 
         workers = list(self.supervisor.workers.values())
         sessions = GaugeMetricFamily("faiss_proxy_rpc_sessions", "Open RPC sessions.", labels=["tenant"])
+        direct = GaugeMetricFamily(
+            "faiss_proxy_rest_direct_connections", "REST connections served by the tenant's worker.", labels=["tenant"]
+        )
         rss = GaugeMetricFamily("faiss_proxy_worker_rss_bytes", "Resident memory of tenant workers.", labels=["tenant"])
         for w in workers:
             sessions.add_metric([w.tenant], w.sessions)
+            direct.add_metric([w.tenant], w.direct)
             value = rss_bytes(w.pid)
             if value is not None:
                 rss.add_metric([w.tenant], value)
         yield sessions
+        yield direct
         yield rss
+        yield CounterMetricFamily(
+            "faiss_proxy_rest_handoffs",
+            "REST connections the gateway handed to a tenant's worker.",
+            value=self.supervisor.rest_handoffs,
+        )
+        yield CounterMetricFamily(
+            "faiss_proxy_rest_handbacks",
+            "REST connections a worker handed back to the gateway (another key or route, idle, stopping).",
+            value=self.supervisor.rest_handbacks,
+        )
         yield GaugeMetricFamily("faiss_proxy_workers", "Tenant worker processes running.", value=len(workers))
         yield CounterMetricFamily(
             "faiss_proxy_worker_restarts",

@@ -24,24 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-import urllib.parse
 from collections.abc import Coroutine, Mapping
-from email.utils import formatdate
 from typing import Any
 
 import orjson
 from tornado import httputil
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
 from .catalog import Catalog, Principal
 from .config import Settings
 from .errors import (
-    BadRequest,
     Forbidden,
     MethodNotAllowed,
-    NotFound,
     PayloadTooLarge,
     ProxyError,
     TooManyRequests,
@@ -49,6 +44,18 @@ from .errors import (
 )
 from .limits import RateLimits
 from .rest import MUTATING_OPERATIONS
+from .restdirect import MAX_CARRIED, token_digest
+from .restroutes import (
+    PREFIX,
+    ROUTES,
+    Route,
+    api_token,
+    http_date,
+    log_http,
+    match_route,
+    parse_query,
+    unquote_segment,
+)
 from .supervisor import Supervisor
 
 __all__ = [
@@ -66,41 +73,6 @@ __all__ = [
 log = logging.getLogger("faiss_proxy.access")
 
 
-class Route:
-    """One REST path: its regex, the names of its groups, and HTTP method -> operation."""
-
-    def __init__(self, pattern: str, groups: tuple[str, ...], methods: tuple[tuple[str, str], ...]) -> None:
-        self.pattern = pattern
-        self.regex = re.compile(pattern + "$")
-        self.groups = groups
-        self.methods = methods
-        self.operations = dict(methods)
-        self.allow = ", ".join(method for method, _ in methods)
-
-    @property
-    def template(self) -> str:
-        """The path with each group as ``{}`` (``/v1/index/{}/search``)."""
-        return re.sub(r"\(\[\^/\]\+\)", "{}", self.pattern.replace("/?", ""))
-
-
-ROUTES: tuple[Route, ...] = (
-    Route(r"/v1/index/?", (), (("GET", "list"), ("POST", "create"))),
-    Route(r"/v1/index/([^/]+)", ("index",), (("GET", "info"), ("DELETE", "drop"))),
-    Route(r"/v1/index/([^/]+)/vectors", ("index",), (("POST", "upsert"),)),
-    Route(
-        r"/v1/index/([^/]+)/vectors/([^/]+)", ("index", "vector"), (("GET", "get_vector"), ("DELETE", "delete_vector"))
-    ),
-    Route(r"/v1/index/([^/]+)/search", ("index",), (("GET", "search"), ("POST", "search"))),
-    Route(r"/v1/index/([^/]+)/train", ("index",), (("POST", "train"),)),
-    Route(r"/v1/index/([^/]+)/ntotal", ("index",), (("GET", "ntotal"),)),
-    Route(r"/v1/index/([^/]+)/reset", ("index",), (("POST", "reset"),)),
-    Route(r"/v1/index/([^/]+)/specialized_search", ("index",), (("POST", "specialized_search"),)),
-)
-
-#: The prefix the server's router sends here (everything else is the Tornado application).
-PREFIX = r"/v1/index(/.*)?"
-
-
 class Inflight:
     """REST requests being served (graceful shutdown waits for them)."""
 
@@ -110,14 +82,10 @@ class Inflight:
 def authenticate(headers: Mapping[str, str], catalog: Catalog) -> Principal:
     """The principal of ``Authorization: Bearer <key>`` (or ``X-API-Key``); raises
     :class:`Unauthorized` or :class:`Forbidden`."""
-    header = headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
-        token = headers.get("X-API-Key", "")
-        scheme = "Bearer" if token else ""
-    if scheme.lower() != "bearer" or not token.strip():
+    token = api_token(headers)
+    if token is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    return catalog.authenticate(token.strip())
+    return catalog.authenticate(token)
 
 
 def take_rate(rates: RateLimits, tenant: str) -> None:
@@ -127,47 +95,16 @@ def take_rate(rates: RateLimits, tenant: str) -> None:
         raise TooManyRequests(f"tenant '{tenant}' is over its request rate; retry in {wait:.2f} s", wait)
 
 
-def log_http(tenant: str | None, operation: str, method: str, path: str, status: int, duration_ms: float) -> None:
-    """The access-log line of one HTTP request (never keys or bodies)."""
-    level = logging.INFO if status < 500 else logging.ERROR
-    if not log.isEnabledFor(level):
-        return
-    tenant = tenant or "-"
-    log.log(
-        level,
-        "http tenant=%s op=%s method=%s path=%s status=%d duration=%.2fms",
-        tenant,
-        operation,
-        method,
-        path,
-        status,
-        duration_ms,
-        extra={
-            "fields": {
-                "kind": "http",
-                "tenant": tenant,
-                "operation": operation,
-                "method": method,
-                "path": path,
-                "status": status,
-                "duration_ms": round(duration_ms, 3),
-            }
-        },
-    )
-
-
-class _Date:
-    """The ``Date`` header, formatted once a second."""
-
-    second = -1
-    text = ""
-
-    @classmethod
-    def now(cls) -> str:
-        second = int(time.time())
-        if second != cls.second:
-            cls.second, cls.text = second, formatdate(second, usegmt=True)
-        return cls.text
+def _unread(stream: IOStream) -> bytes | None:
+    """The bytes Tornado has read from ``stream`` but not consumed: past a request's
+    head, its body so far (IOStream's buffer is private; a test pins this)."""
+    buf = getattr(stream, "_read_buffer", None)
+    size = getattr(stream, "_read_buffer_size", None)
+    if getattr(stream, "_user_read_buffer", True) or not isinstance(buf, bytearray) or not isinstance(size, int):
+        return None
+    if len(buf) != size:
+        return None
+    return bytes(buf)
 
 
 class RestGateway(httputil.HTTPServerConnectionDelegate):
@@ -182,6 +119,7 @@ class RestGateway(httputil.HTTPServerConnectionDelegate):
         self.rates = rates
         self.inflight = inflight
         self.max_body = settings.max_body_mb * 1024 * 1024
+        self.direct_limit = settings.rest_direct_connections
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> RestExchange:
@@ -227,6 +165,9 @@ class RestExchange(httputil.HTTPMessageDelegate):
                 self.refused = exc  # answered in finish(): the connection stays open
             else:
                 self._fail(exc)  # answered now; Tornado closes the connection (the body is not read)
+            return
+        if self.gate.direct_limit > 0:
+            self._hand_off(start_line, headers)
 
     def data_received(self, chunk: bytes) -> None:
         if not self.answered:
@@ -239,8 +180,7 @@ class RestExchange(httputil.HTTPMessageDelegate):
             self._fail(self.refused)
             return
         try:
-            query = {k: v[-1] for k, v in urllib.parse.parse_qs(self.query, keep_blank_values=True).items()}
-            self.request = (self.operation, self.args, query, b"".join(self.body))
+            self.request = (self.operation, self.args, parse_query(self.query), b"".join(self.body))
             worker = self.gate.supervisor.ready_worker(self.principal.tenant)
             if worker is None:  # not running yet: start it, then send
                 self.gate.spawn(self._start_worker())
@@ -255,12 +195,12 @@ class RestExchange(httputil.HTTPMessageDelegate):
 
     # --- the request -----------------------------------------------------------------
     def _check(self, headers: httputil.HTTPHeaders) -> None:
-        route, match = _route(self.path)
+        route, match = match_route(self.path)
         op = route.operations.get(self.method)
         if op is None:
             raise MethodNotAllowed(route.allow)
         self.operation = op
-        self.args = {name: _unquote(value) for name, value in zip(route.groups, match.groups(), strict=True)}
+        self.args = {name: unquote_segment(value) for name, value in zip(route.groups, match.groups(), strict=True)}
         principal = authenticate(headers, self.gate.catalog)
         self.tenant = principal.tenant  # logged from here on, 429 included
         take_rate(self.gate.rates, principal.tenant)
@@ -272,6 +212,70 @@ class RestExchange(httputil.HTTPMessageDelegate):
         if length is not None and length.isdigit() and int(length) > limit:
             raise PayloadTooLarge(f"request body over {self.gate.settings.max_body_mb} MiB (max_body_mb)")
         self.conn.set_max_body_size(limit)  # type: ignore[attr-defined]
+
+    def _hand_off(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders) -> None:
+        """Give the connection, with this request, to the tenant's worker, which then
+        serves it (see :mod:`.restdirect`); where it cannot, the gateway serves on."""
+        gate = self.gate
+        if start_line.version != "HTTP/1.1" or gate.rates.rate > 0:
+            return  # HTTP/1.0 keep-alive rules, and one rate budget per tenant: the gateway's
+        if "Transfer-Encoding" in headers or "Expect" in headers:
+            return
+        length = headers.get("Content-Length", "0")
+        if not length.isascii() or not length.isdigit():
+            return
+        tokens = {t.strip() for t in headers.get("Connection", "").lower().split(",")}
+        if "close" in tokens:
+            return  # the hand-off pays off over a connection's later requests; this has none
+        worker = gate.supervisor.ready_worker(self.principal.tenant)
+        if worker is None or worker.direct + worker.direct_pending >= gate.direct_limit:
+            return  # not started yet (the next request goes), or enough connections there
+        stream = getattr(self.conn, "stream", None)
+        if not isinstance(stream, IOStream) or isinstance(stream, SSLIOStream) or stream.socket is None:
+            return  # TLS state cannot move to another process
+        carried = _unread(stream)
+        token = api_token(headers)
+        if carried is None or len(carried) > MAX_CARRIED or token is None:
+            return
+        p = self.principal
+        header = {
+            "key_id": p.key_id,
+            "key_sha256": token_digest(token),
+            "read_only": p.read_only,
+            "expires": p.expires,
+            "peer": str(getattr(getattr(self.conn, "context", None), "remote_ip", None) or "-"),
+            "max_body": gate.max_body,
+            "request": {
+                "method": self.method,
+                "path": self.path,
+                "op": self.operation,
+                "args": self.args,
+                "query": parse_query(self.query),
+                "length": int(length),
+                "keep_alive": True,
+            },
+        }
+        self.conn.detach()  # type: ignore[attr-defined]
+        self.answered = True
+        self._uncount()
+        sock = stream.socket
+        try:
+            gate.supervisor.hand_off_rest(worker, sock, header, carried)
+        except Exception as exc:  # the connection is still ours: answer it here
+            log.warning("REST hand-off failed tenant=%s: %s", p.tenant, exc)
+            body = orjson.dumps({"error": {"code": "unavailable", "message": "the tenant's worker is not available"}})
+            try:
+                sock.send(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+                )
+            except OSError:
+                pass
+            log_http(
+                p.tenant, self.operation, self.method, self.path, 503, 1000.0 * (time.perf_counter() - self.started)
+            )
+        finally:
+            stream.close()  # the worker holds its own descriptor of the socket
 
     async def _start_worker(self) -> None:
         try:
@@ -310,7 +314,7 @@ class RestExchange(httputil.HTTPMessageDelegate):
         headers = httputil.HTTPHeaders()
         headers["Content-Type"] = "application/json"
         headers["Content-Length"] = str(len(body))
-        headers["Date"] = _Date.now()
+        headers["Date"] = http_date()
         for name, value in (extra or {}).items():
             headers[name] = value
         start = httputil.ResponseStartLine("HTTP/1.1", status, httputil.responses.get(status, "Unknown"))
@@ -325,19 +329,3 @@ class RestExchange(httputil.HTTPMessageDelegate):
         if self.counted:
             self.counted = False
             self.gate.inflight.count -= 1
-
-
-def _route(path: str) -> tuple[Route, re.Match[str]]:
-    for route in ROUTES:
-        match = route.regex.match(path)
-        if match is not None:
-            return route, match
-    raise NotFound(f"no such endpoint: {path}")
-
-
-def _unquote(value: str) -> str:
-    """A path segment, percent-decoded as UTF-8 (as Tornado decodes its path arguments)."""
-    try:
-        return urllib.parse.unquote_to_bytes(value).decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("the path is not valid percent-encoded UTF-8") from None

@@ -13,6 +13,7 @@ import sys
 import time
 
 import tornado.httpserver
+import tornado.iostream
 import tornado.netutil
 import tornado.routing
 
@@ -60,6 +61,10 @@ class Server:
         )
         self.http: tornado.httpserver.HTTPServer | None = None
         self.sockets: list[socket.socket] = []
+        self.stopping = False
+        # REST connections a worker hands back are served here again (see restdirect).
+        self.supervisor.on_bounce = self.take_back
+        self.supervisor.on_keys_used = self.catalog.note_used
 
     async def start(self) -> None:
         self.sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
@@ -72,6 +77,19 @@ class Server:
         self.http.add_sockets(self.sockets)
         self.supervisor.start()
         self.access.start()
+
+    def take_back(self, sock: socket.socket, carried: bytes) -> None:
+        """Serve a REST connection a worker handed back, starting with the bytes it had
+        read (its next request), as if it had just been accepted."""
+        if self.http is None or self.stopping:
+            sock.close()
+            return
+        try:
+            address = sock.getpeername()
+        except OSError:  # the client has gone
+            sock.close()
+            return
+        self.http.handle_stream(_CarriedIOStream(sock, carried), address)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         s = self.settings
@@ -104,6 +122,7 @@ class Server:
         timeout = self.settings.shutdown_timeout
         deadline = time.monotonic() + timeout
         self.access.stop()
+        self.stopping = True
         if self.http is not None:
             self.http.stop()
         inflight = self.app.settings["inflight"]
@@ -112,6 +131,23 @@ class Server:
         await self.supervisor.drain(max(1.0, deadline - time.monotonic()))
         if self.http is not None:
             await self.http.close_all_connections()
+
+
+class _CarriedIOStream(tornado.iostream.IOStream):
+    """An IOStream whose first reads return ``carried``: the bytes a worker had already
+    read from the socket when it handed the connection back."""
+
+    def __init__(self, sock: socket.socket, carried: bytes) -> None:
+        self._carried = memoryview(carried)
+        super().__init__(sock)
+
+    def read_from_fd(self, buf: bytearray | memoryview) -> int | None:
+        if self._carried:
+            n = min(len(buf), len(self._carried))
+            buf[:n] = self._carried[:n]
+            self._carried = self._carried[n:]
+            return n
+        return super().read_from_fd(buf)
 
 
 async def serve(settings: Settings) -> None:

@@ -8,6 +8,12 @@ passing the file descriptor over the worker's control channel.  The worker repor
 segfault inside faiss, the memory limit) its control channel closes: the
 supervisor logs how it ended and forgets it, and the tenant's next connection
 starts a fresh one.  Other tenants never notice.
+
+REST connections can be handed to a worker too (:meth:`Supervisor.hand_off_rest`, see
+:mod:`.restdirect`); the worker hands back, over the same channel, those it does not
+serve, and :attr:`Supervisor.on_bounce` gives them to the gateway's HTTP server.  A
+worker told to stop keeps its control channel open until it has exited, so the REST
+connections it held come back rather than being closed.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,8 @@ class WorkerProcess:
     rest: RestPool
     sessions: int = 0
     pending: int = 0  # sessions handed off whose "open" event has not arrived yet
+    direct: int = 0  # REST connections the worker serves (see restdirect)
+    direct_pending: int = 0  # REST connections handed off whose "rest_open" has not arrived
     inflight: int = 0
     sandbox: dict[str, Any] | None = None
     last_active: float = field(default_factory=time.monotonic)
@@ -82,6 +90,14 @@ class Supervisor:
         # worker of the same tenant waits for it, so two never share a tenant's files.
         self._exiting: dict[str, asyncio.Task[None]] = {}
         self._reaper: asyncio.Task[None] | None = None
+        #: Gets each REST connection a worker hands back, with the bytes it had read of
+        #: its next request (the server sets it; without it they are closed).
+        self.on_bounce: Callable[[socket.socket, bytes], None] | None = None
+        #: Gets the key ids that served REST requests on handed-off connections (the
+        #: catalog's "last used").
+        self.on_keys_used: Callable[[list[str]], None] | None = None
+        self.rest_handoffs = 0  # REST connections handed to workers
+        self.rest_handbacks = 0  # ... and handed back
 
     def start(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
@@ -96,6 +112,17 @@ class Supervisor:
             raise ServiceUnavailable(f"worker for tenant '{tenant}' is not available") from exc
         worker.pending += 1
         worker.last_active = time.monotonic()
+
+    def hand_off_rest(self, worker: WorkerProcess, sock: socket.socket, header: dict[str, Any], carried: bytes) -> None:
+        """Give a REST connection, with its first request (``header``) and the bytes
+        of it already read, to ``worker``; the caller closes its own copy."""
+        try:
+            socket.send_fds(worker.control, [json.dumps({"rest": header}).encode() + b"\n" + carried], [sock.fileno()])
+        except OSError as exc:
+            self._forget(worker, f"control channel failed: {exc}")
+            raise ServiceUnavailable(f"worker for tenant '{worker.tenant}' is not available") from exc
+        worker.direct_pending += 1
+        self.rest_handoffs += 1
 
     async def worker_for(self, tenant: str) -> WorkerProcess:
         worker = self.ready_worker(tenant)
@@ -217,6 +244,8 @@ class Supervisor:
             str(s.tenant_max_vectors),
             "--rate-limit",
             str(s.tenant_rate_limit),
+            "--rest-idle-timeout",
+            str(s.worker_idle_timeout),
             "--uid",
             str(self._worker_uid(tenant)),
         ]
@@ -257,17 +286,39 @@ class Supervisor:
 
     def _on_control(self, worker: WorkerProcess) -> None:
         try:
-            data = worker.control.recv(65536)
+            data, fds, flags, _addr = socket.recv_fds(worker.control, 1 << 18, 1)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data:
-            self._forget(worker, "control channel closed")
+            data, fds, flags = b"", [], 0
+        if data and flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            log.error("worker tenant=%s sent a truncated control message; dropped", worker.tenant)
+            for fd in fds:
+                os.close(fd)
             return
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            if worker.exited is None:
+                self._forget(worker, "control channel closed")
+            else:
+                self._close_control(worker)  # a stopping worker has exited
+            return
+        head, _, carried = data.partition(b"\n")
         try:
-            event = json.loads(data)
+            event = json.loads(head)
         except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            for fd in fds:
+                os.close(fd)
+            return
+        if fds:
+            if event.get("event") == "bounce":
+                self._bounced(socket.socket(fileno=fds[0]), carried)
+            else:
+                for fd in fds:
+                    os.close(fd)
             return
         kind = event.get("event")
         if kind != "stats":  # a periodic report is not activity
@@ -290,21 +341,44 @@ class Supervisor:
             worker.pending = max(0, worker.pending - 1)
         elif kind == "close":
             worker.sessions = max(0, worker.sessions - 1)
+        elif kind == "rest_open":
+            worker.direct += 1
+            worker.direct_pending = max(0, worker.direct_pending - 1)
+        elif kind == "rest_close":
+            worker.direct = max(0, worker.direct - 1)
         elif kind == "stats":
             self.metrics.merge(worker.tenant, event)
+            keys = event.get("keys")
+            if keys and isinstance(keys, list) and self.on_keys_used is not None:
+                try:
+                    self.on_keys_used([str(k) for k in keys])
+                except Exception as exc:  # bookkeeping; never fatal
+                    log.warning("could not record the use of keys %s: %s", keys, exc)
 
-    def _forget(self, worker: WorkerProcess, why: str) -> asyncio.Task[None]:
+    def _bounced(self, sock: socket.socket, carried: bytes) -> None:
+        """A REST connection a worker handed back: the gateway serves it from here on."""
+        self.rest_handbacks += 1
+        if self.on_bounce is None:
+            sock.close()
+            return
+        try:
+            self.on_bounce(sock, carried)
+        except Exception as exc:
+            log.warning("could not take back a REST connection: %s", exc)
+            sock.close()
+
+    def _forget(self, worker: WorkerProcess, why: str, linger: bool = False) -> asyncio.Task[None]:
         """Stop routing to ``worker``; a task waits (off the event loop's critical path)
-        for its process to end, killing it if it takes too long, and logs how it ended."""
+        for its process to end, killing it if it takes too long, and logs how it ended.
+
+        ``linger`` (a worker told to stop): its control channel stays open until it has
+        exited, for the REST connections it hands back."""
         if worker.exited is not None:
             return worker.exited
         worker.alive = False
         worker.rest.close()
-        try:
-            asyncio.get_running_loop().remove_reader(worker.control.fileno())
-        except (RuntimeError, ValueError, OSError):
-            pass
-        worker.control.close()
+        if not linger:
+            self._close_control(worker)
         if not worker.ready.done():
             worker.ready.set_exception(ConnectionError(why))
         if self.workers.get(worker.tenant) is worker:
@@ -313,12 +387,22 @@ class Supervisor:
         self._exiting[worker.tenant] = worker.exited
         return worker.exited
 
+    def _close_control(self, worker: WorkerProcess) -> None:
+        if worker.control.fileno() < 0:
+            return
+        try:
+            asyncio.get_running_loop().remove_reader(worker.control.fileno())
+        except (RuntimeError, ValueError, OSError):
+            pass
+        worker.control.close()
+
     async def _reap(self, worker: WorkerProcess, why: str) -> None:
         # A worker told to stop finishes its calls and snapshots (shutdown_timeout);
         # one whose control channel closed exits at once.
         try:
             code = await _wait_for_exit(worker.proc, self.settings.shutdown_timeout + 5.0)
         finally:
+            self._close_control(worker)
             if self._exiting.get(worker.tenant) is worker.exited:
                 del self._exiting[worker.tenant]
         if code is None:
@@ -344,6 +428,7 @@ class Supervisor:
                 worker.proc.kill()
             else:
                 worker.proc.terminate()
+                return self._forget(worker, why, linger=True)
         return self._forget(worker, why)
 
     async def stop_worker(self, tenant: str, why: str = "stopped", kill: bool = False) -> None:
@@ -374,6 +459,8 @@ class Supervisor:
                     self._forget(worker, "process exited")
                 elif (
                     worker.sessions == 0
+                    and worker.direct == 0
+                    and worker.direct_pending == 0
                     and worker.inflight == 0
                     and now - worker.last_active > self.settings.worker_idle_timeout
                 ):

@@ -12,9 +12,14 @@ fresh worker on the tenant's next connection.
 
 Messages to the gateway, one JSON object per datagram:
 ``{"event": "ready", "pid": ...}``, ``{"event": "open"}``, ``{"event": "close"}``,
-``{"event": "stats", ...}``.  From the gateway: a session header with its socket, or
-``{"end_sessions": [key ids], "why": ...}`` (no descriptor) when keys were revoked or
-expired: the sessions opened with those keys are closed, the others go on.
+``{"event": "stats", ...}``; ``{"event": "rest_open"}`` / ``{"event": "rest_close"}``
+per REST connection served here, and ``{"event": "bounce"}`` with a REST connection's
+socket handed back to the gateway (see :mod:`.restdirect`).  From the gateway: an RPC
+session header with its socket; a ``{"rest": ...}`` header with a REST connection's
+socket, its first request and the bytes of it the gateway had read (after the header's
+newline); or ``{"end_sessions": [key ids], "why": ...}`` (no descriptor) when keys were
+revoked or expired: the RPC sessions opened with those keys are closed and their REST
+connections go back to the gateway (which answers 401), the others go on.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class WorkerOptions(argparse.Namespace):
     max_indexes: int
     max_vectors: int
     rate_limit: float
+    rest_idle_timeout: float
 
 
 def _parse(argv: list[str] | None) -> WorkerOptions:
@@ -87,6 +93,7 @@ def _parse(argv: list[str] | None) -> WorkerOptions:
     p.add_argument("--max-indexes", type=int, default=0)
     p.add_argument("--max-vectors", type=int, default=0)
     p.add_argument("--rate-limit", type=float, default=0.0)
+    p.add_argument("--rest-idle-timeout", type=float, default=300.0)
     p.add_argument("--uid", type=int, default=-1)
     return p.parse_args(argv, namespace=WorkerOptions())
 
@@ -138,9 +145,14 @@ class Worker:
         replayer.store = self.store
         self.rest = RestApi(self.store, self.policy.apply_rows, RestLimits(opts.max_k, opts.max_batch))
         self.op_stats = OperationStats()
+        self.rest_stats = OperationStats()  # requests on REST connections served here
         # Open RPC sessions: id -> (key id, socket, why it was ended, if it was)
         self._sessions: dict[str, list[Any]] = {}
         self._sessions_lock = threading.Lock()
+        # REST connections served here (see restdirect); guarded by _sessions_lock
+        self._direct: set[Any] = set()
+        self._keys_used: set[str] = set()
+        self.stopping = False
 
     def report_stats(self) -> None:
         """Every second: what RPC calls did since the last report, and the named
@@ -148,8 +160,16 @@ class Worker:
         while True:
             time.sleep(1.0)
             rows = self.op_stats.drain()
-            for i in range(0, max(1, len(rows)), 200):
-                self.notify(event="stats", rpc=rows[i : i + 200], named=self.store.summary())
+            rest = self.rest_stats.drain()
+            with self._sessions_lock:
+                for direct in self._direct:  # keys in use, for the catalog's "last used"
+                    if direct.requests != direct.reported:
+                        direct.reported = direct.requests
+                        self._keys_used.add(direct.grant.key_id)
+                keys, self._keys_used = sorted(self._keys_used), set()
+            for i in range(0, max(1, len(rows), len(rest)), 200):
+                extra = {"rest": rest[i : i + 200], "keys": keys} if i == 0 else {"rest": rest[i : i + 200]}
+                self.notify(event="stats", rpc=rows[i : i + 200], named=self.store.summary(), **extra)
 
     def terminate(self, *_: Any) -> None:
         """SIGTERM (idle stop, server shutdown): take no new session, let in-flight
@@ -159,7 +179,14 @@ class Worker:
         is accepted meanwhile."""
         try:
             deadline = time.monotonic() + self.opts.shutdown_timeout
-            while self.op_stats.inflight > 0 and time.monotonic() < deadline:
+            # No lock here: this signal handler may have interrupted the main thread
+            # inside _sessions_lock.  Connections added from now on see ``stopping``.
+            self.stopping = True
+            for direct in list(self._direct):
+                direct.ended = "worker stopping"  # each goes back to the gateway
+            while (self.op_stats.inflight > 0 or self.rest_stats.inflight > 0 or self._direct) and (
+                time.monotonic() < deadline
+            ):
                 time.sleep(0.01)
             self.store.close(snapshot=True)
         finally:
@@ -196,22 +223,32 @@ class Worker:
         self.notify(event="ready", pid=os.getpid(), sandbox=getattr(self, "sandbox", None))
         while True:
             try:
-                msg, fds, _flags, _addr = socket.recv_fds(self.control, 65536, 4)
+                msg, fds, flags, _addr = socket.recv_fds(self.control, 1 << 18, 4)
             except OSError:
                 break
             if not msg:
                 break  # the gateway closed the control channel: shut down
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                log.error("a truncated message on the control channel was dropped")
+                for fd in fds:
+                    os.close(fd)
+                continue
+            head, _, carried = msg.partition(b"\n")
             try:
-                header = json.loads(msg)
+                header = json.loads(head)
             except ValueError:
+                header = None
+            if not isinstance(header, dict):
                 for fd in fds:
                     os.close(fd)
                 continue
             for extra in fds[1:]:
                 os.close(extra)
-            if not fds and isinstance(header, dict) and isinstance(header.get("end_sessions"), list):
+            if not fds and isinstance(header.get("end_sessions"), list):
                 self.end_sessions({str(k) for k in header["end_sessions"]}, str(header.get("why", "ended")))
-            if fds:
+            if fds and isinstance(header.get("rest"), dict):
+                self.start_direct(socket.socket(fileno=fds[0]), header["rest"], carried)
+            elif fds:
                 sock = socket.socket(fileno=fds[0])
                 session = str(header.get("session") or id(sock))
                 with self._sessions_lock:  # before the thread starts: a later end_sessions sees it
@@ -224,6 +261,73 @@ class Worker:
                 ).start()
         log.info("worker tenant=%s exiting: control channel closed", self.opts.tenant)
 
+    def start_direct(self, sock: socket.socket, header: dict[str, Any], carried: bytes) -> None:
+        """Serve a REST connection the gateway handed over (see faiss_proxy_server.restdirect)."""
+        from .restdirect import DirectConnection, Grant, Request
+
+        try:
+            grant = Grant(
+                tenant=self.opts.tenant,
+                key_id=str(header["key_id"]),
+                key_sha256=str(header["key_sha256"]),
+                read_only=bool(header["read_only"]),
+                expires=None if header.get("expires") is None else float(header["expires"]),
+                peer=str(header.get("peer", "-")),
+                max_body=int(header["max_body"]),
+            )
+            req = header["request"]
+            first = Request(
+                str(req["method"]),
+                str(req["path"]),
+                str(req["op"]),
+                {str(k): str(v) for k, v in dict(req["args"]).items()},
+                {str(k): str(v) for k, v in dict(req["query"]).items()},
+                int(req["length"]),
+                bool(req["keep_alive"]),
+                time.perf_counter(),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("a malformed REST hand-off from the gateway: %s", exc)
+            sock.close()
+            return
+        conn = DirectConnection(
+            sock, grant, self.rest.handle, self.give_back, self.rest_stats, self.opts.rest_idle_timeout
+        )
+        with self._sessions_lock:  # before the thread starts: end_sessions and terminate see it
+            self._direct.add(conn)
+            if self.stopping:
+                conn.ended = "worker stopping"
+        threading.Thread(target=self.serve_direct, args=(conn, first, carried), daemon=True, name="rest-conn").start()
+
+    def serve_direct(self, conn: Any, first: Any, carried: bytes) -> None:
+        self.notify(event="rest_open")
+        outcome = "closed"
+        try:
+            outcome = conn.serve(first, carried)
+        except Exception:  # a broken connection must not take the worker down
+            log.exception("a REST connection failed tenant=%s", self.opts.tenant)
+            conn.sock.close()
+        finally:
+            with self._sessions_lock:
+                self._direct.discard(conn)
+                if conn.requests != conn.reported:
+                    self._keys_used.add(conn.grant.key_id)
+            log.debug(
+                "rest connection tenant=%s key=%s peer=%s requests=%d outcome=%s",
+                self.opts.tenant,
+                conn.grant.key_id,
+                conn.grant.peer,
+                conn.requests,
+                outcome,
+            )
+            self.notify(event="rest_close")
+
+    def give_back(self, sock: socket.socket, carried: bytes) -> None:
+        """Hand a REST connection back to the gateway, with the bytes read of its next request."""
+        data = json.dumps({"event": "bounce"}).encode() + b"\n" + carried
+        with self._send_lock:
+            socket.send_fds(self.control, [data], [sock.fileno()])
+
     def end_sessions(self, key_ids: set[str], why: str) -> None:
         """Close the open sessions opened with one of ``key_ids``; each ends as if its
         client had hung up, and its log line says why."""
@@ -231,6 +335,9 @@ class Worker:
             ended = [entry for entry in self._sessions.values() if entry[0] in key_ids and entry[2] is None]
             for entry in ended:
                 entry[2] = why
+            for direct in self._direct:
+                if direct.grant.key_id in key_ids:
+                    direct.ended = why
         for _key, sock, _why in ended:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
