@@ -24,6 +24,8 @@ import faiss
 import numpy as np
 import pytest
 import tornado.iostream
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tornado.ioloop import IOLoop
 
 from faiss_proxy_server.metrics import OperationStats
@@ -368,10 +370,10 @@ KEY = "k" * 40
 
 
 def serve_one(
-    raw: bytes, read_only: bool = False, expires: float | None = None, io_timeout: float = 60.0
+    raw: bytes, read_only: bool = False, expires: float | None = None, io_timeout: float = 60.0, eof: bool = False
 ) -> tuple[list[Any], bytes, list[bytes]]:
-    """Feed ``raw`` after a first request to a DirectConnection; returns (operations
-    it ran, what it answered, the bytes it handed back)."""
+    """Feed ``raw`` after a first request to a DirectConnection (then end the client's
+    side with ``eof``); returns (operations it ran, what it answered, what it handed back)."""
     ours, theirs = socket.socketpair()
     grant = Grant("t", "key1", token_digest(KEY), read_only, expires, "peer", 1 << 20)
     ran: list[Any] = []
@@ -389,6 +391,8 @@ def serve_one(
     thread = threading.Thread(target=conn.serve, args=(first, b""))
     thread.start()
     ours.sendall(raw)
+    if eof:
+        ours.shutdown(socket.SHUT_WR)
     thread.join(10)
     assert not thread.is_alive()
     ours.settimeout(1)
@@ -501,3 +505,56 @@ def test_tornado_buffer_read_for_the_hand_off() -> None:
         return rest
 
     assert IOLoop.current().run_sync(run) == b"BODY and the next request"
+
+
+# Mostly requests the worker serves, so that runs of them are common.
+_METHODS = ["GET"] * 4 + ["POST"] * 3 + ["DELETE", "HEAD"]
+_PATHS = ["/v1/index", "/v1/index/a", "/v1/index/a/search", "/v1/index/a/vectors/x"] * 3 + ["/v1/health", "/v1/x"]
+_VERSIONS = ["HTTP/1.1"] * 8 + ["HTTP/1.0"]
+_AUTH = [AUTH] * 6 + ["Authorization: Bearer wrong", f"X-API-Key: {KEY}", f"authorization: bearer {KEY}", None]
+_EXTRA = [None] * 8 + ["Transfer-Encoding: chunked", "Expect: 100-continue", "X-Other: 1", " folded", "Bad Header: 1"]
+
+
+@st.composite
+def requests(draw: Any) -> bytes:
+    body = draw(st.binary(max_size=40))
+    lines = [f"{draw(st.sampled_from(_METHODS))} {draw(st.sampled_from(_PATHS))} {draw(st.sampled_from(_VERSIONS))}"]
+    for choice in (draw(st.sampled_from(_AUTH)), draw(st.sampled_from(_EXTRA))):
+        if choice is not None:
+            lines.append(choice)
+    length = draw(st.sampled_from([str(len(body))] * 6 + ["x", None]))
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    return head(lines, body if length == str(len(body)) else b"")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(requests(), min_size=1, max_size=4))
+def test_the_worker_serves_a_prefix_and_hands_back_the_rest_byte_for_byte(raws: list[bytes]) -> None:
+    ran, answered, back = serve_one(b"".join(raws), eof=True)
+    served = len(ran) - 1  # after the first request, which the gateway checked
+    assert answered.count(b"HTTP/1.1 ") == len(ran)
+    if served < len(raws):  # it stopped at a request it does not serve: every byte from there went back
+        assert back == [b"".join(raws[served:])]
+    else:
+        assert back == []  # all served; the client's end of file closed the connection
+    for (op, _args, _query, body), raw in zip(ran[1:], raws, strict=False):
+        assert raw.endswith(body) and op in {"list", "create", "info", "drop", "search", "get_vector", "delete_vector"}
+
+
+def test_keys_used_on_handed_over_connections_count_as_used(server: LiveServer) -> None:
+    """The gateway does not see these requests; the worker reports the keys it served."""
+    tenant, _ = server.new_tenant()
+    record, key = server.catalog.create_key(tenant)
+    conn = started(server, key)
+    assert conn.call("GET", "/v1/index/docs/ntotal")[0] == 200  # with the worker from here on
+    with server.catalog._db() as db:
+        db.execute("UPDATE api_keys SET last_used_at = NULL WHERE key_id = ?", (record.key_id,))
+    server.catalog._last_used.pop(record.key_id, None)
+    assert conn.call("GET", "/v1/index/docs/ntotal")[0] == 200
+
+    def last_used() -> float | None:
+        return next(k.last_used_at for k in server.catalog.list_keys(tenant) if k.key_id == record.key_id)
+
+    wait_for(lambda: last_used() is not None, 5)
+    conn.close()
