@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import shutil
@@ -203,6 +204,15 @@ def test_tls_end_to_end_rpc_and_rest(tmp_path: Path, dataset: Dataset) -> None:
             ]
             == 200
         )
+
+        # Keep-alive over TLS: the TLS state cannot move, so the gateway serves the connection.
+        conn = http.client.HTTPSConnection("127.0.0.1", int(live.url.rsplit(":", 1)[1]), context=context)
+        for _ in range(3):
+            conn.request("GET", "/v1/index/t/ntotal", headers={"Authorization": f"Bearer {key}"})
+            response = conn.getresponse()
+            assert response.status == 200 and json.loads(response.read()) == {"ntotal": 200}
+        conn.close()
+        assert live.run(lambda: live.supervisor.rest_handoffs) == 0
 
         faiss_proxy.configure(api_url=live.url, api_key=key, timeout=60, ca=str(certs / "ca.pem"))
         index = faiss_proxy.open_index("t")
