@@ -164,6 +164,12 @@ def test_json_logs_one_line_per_request_and_session(tmp_path: Path, dataset: Dat
         rest = Rest(live.url, key)
         rest.post("/v1/index", {"name": "l", "dimension": dataset.d})
         rest.post("/v1/index/l/vectors", {"vectors": vector_items(dataset.xb[:3], ["a", "b", "c"])})
+        # Keep-alive: the second request is served (and logged) by the tenant's worker.
+        conn = http.client.HTTPConnection("127.0.0.1", int(live.url.rsplit(":", 1)[1]), timeout=30)
+        for _ in range(2):
+            conn.request("GET", "/v1/index/l/ntotal", headers={"Authorization": f"Bearer {key}"})
+            assert conn.getresponse().read() == b'{"ntotal":3}'
+        conn.close()
         faiss_proxy.configure(api_url=live.url, api_key=key, timeout=60)
         faiss_proxy.IndexFlatL2(4).add(np.ones((2, 4), "float32"))
         faiss_proxy.configure(api_url="", api_key="")
@@ -177,9 +183,14 @@ def test_json_logs_one_line_per_request_and_session(tmp_path: Path, dataset: Dat
         live.proc.wait(30)
     text = live.log_path.read_text()
     assert all(line.startswith("{") for line in text.splitlines() if line.strip()), text[:500]
-    http = [r for r in records if r.get("kind") == "http" and r.get("operation") == "upsert"]
-    assert len(http) == 1
-    assert http[0]["tenant"] == "acme" and http[0]["status"] == 200 and http[0]["duration_ms"] > 0
+    upserts = [r for r in records if r.get("kind") == "http" and r.get("operation") == "upsert"]
+    assert len(upserts) == 1
+    assert upserts[0]["tenant"] == "acme" and upserts[0]["status"] == 200 and upserts[0]["duration_ms"] > 0
+    ntotal = [r for r in records if r.get("kind") == "http" and r.get("operation") == "ntotal"]
+    # The worker served these (the connection was handed over at once); its lines have the
+    # gateway's fields (the upsert, over urllib's Connection: close, was the gateway's).
+    assert len(ntotal) == 2 and ntotal[0].keys() == ntotal[1].keys() == upserts[0].keys()
+    assert all(r["path"] == "/v1/index/l/ntotal" and r["status"] == 200 and r["tenant"] == "acme" for r in ntotal)
     session = next(r for r in records if r.get("kind") == "rpc_session")
     assert session["tenant"] == "acme" and session["calls"] >= 2 and session["outcome"] == "closed"
     assert key not in text and key.split(".")[-1] not in text
