@@ -10,8 +10,8 @@ gateway would have let through with the same key, so keep-alive clients cost the
 gateway no CPU per request.
 
 The worker serves an HTTP/1.1 request for a ``/v1/index...`` route and method with
-the key the gateway checked (compared by its SHA-256; the key itself never reaches the
-worker), without ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, with a body within
+the key the gateway checked (the gateway passes the key's SHA-256, and each request's
+key is compared with it), without ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, with a body within
 ``max_body_mb``, a mutation only with a read-write key, while the key has neither
 expired nor been revoked.  Anything else (another key, perhaps another tenant's;
 ``/v1/health``; ``/admin``; a chunked upload; a header layout the small parser here
@@ -61,7 +61,8 @@ _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
 
 def token_digest(token: str) -> str:
-    """What the worker holds of a key: its SHA-256, hex."""
+    """What the gateway passes the worker of a key: its SHA-256, hex (the key itself is
+    not put into the hand-off's header)."""
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 

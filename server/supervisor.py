@@ -346,6 +346,8 @@ class Supervisor:
             worker.direct_pending = max(0, worker.direct_pending - 1)
         elif kind == "rest_close":
             worker.direct = max(0, worker.direct - 1)
+        elif kind == "rest_refused":
+            worker.direct_pending = max(0, worker.direct_pending - 1)
         elif kind == "stats":
             self.metrics.merge(worker.tenant, event)
             keys = event.get("keys")

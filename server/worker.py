@@ -13,13 +13,14 @@ fresh worker on the tenant's next connection.
 Messages to the gateway, one JSON object per datagram:
 ``{"event": "ready", "pid": ...}``, ``{"event": "open"}``, ``{"event": "close"}``,
 ``{"event": "stats", ...}``; ``{"event": "rest_open"}`` / ``{"event": "rest_close"}``
-per REST connection served here, and ``{"event": "bounce"}`` with a REST connection's
-socket handed back to the gateway (see :mod:`.restdirect`).  From the gateway: an RPC
-session header with its socket; a ``{"rest": ...}`` header with a REST connection's
-socket, its first request and the bytes of it the gateway had read (after the header's
-newline); or ``{"end_sessions": [key ids], "why": ...}`` (no descriptor) when keys were
-revoked or expired: the RPC sessions opened with those keys are closed and their REST
-connections go back to the gateway (which answers 401), the others go on.
+per REST connection served here (``rest_refused`` for one it could not take), and
+``{"event": "bounce"}`` with a REST connection's socket handed back to the gateway (see
+:mod:`.restdirect`).  From the gateway: an RPC session header with its socket; a
+``{"rest": ...}`` header with a REST connection's socket, its first request and the bytes
+of it the gateway had read (after the header's newline); or ``{"end_sessions": [key
+ids], "why": ...}`` (no descriptor) when keys were revoked or expired: the RPC sessions
+opened with those keys are closed and their REST connections go back to the gateway
+(which answers 401), the others go on.
 """
 
 from __future__ import annotations
@@ -289,6 +290,7 @@ class Worker:
         except (KeyError, TypeError, ValueError) as exc:
             log.error("a malformed REST hand-off from the gateway: %s", exc)
             sock.close()
+            self.notify(event="rest_refused")
             return
         conn = DirectConnection(
             sock, grant, self.rest.handle, self.give_back, self.rest_stats, self.opts.rest_idle_timeout
@@ -297,7 +299,16 @@ class Worker:
             self._direct.add(conn)
             if self.stopping:
                 conn.ended = "worker stopping"
-        threading.Thread(target=self.serve_direct, args=(conn, first, carried), daemon=True, name="rest-conn").start()
+        try:
+            threading.Thread(
+                target=self.serve_direct, args=(conn, first, carried), daemon=True, name="rest-conn"
+            ).start()
+        except RuntimeError as exc:  # no thread to be had: the client sees the connection close
+            log.error("could not serve a REST connection tenant=%s: %s", self.opts.tenant, exc)
+            with self._sessions_lock:
+                self._direct.discard(conn)
+            sock.close()
+            self.notify(event="rest_refused")
 
     def serve_direct(self, conn: Any, first: Any, carried: bytes) -> None:
         self.notify(event="rest_open")

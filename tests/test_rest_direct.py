@@ -484,9 +484,27 @@ def test_a_long_head_and_an_idle_connection_go_back() -> None:
     assert back == [] and len(ran) == 1  # a head that never ends: closed, not handed back
 
 
-def test_the_worker_holds_a_digest_of_the_key_not_the_key() -> None:
-    assert token_digest(KEY) == hashlib.sha256(KEY.encode()).hexdigest()
-    assert KEY not in repr(Grant("t", "k", token_digest(KEY), False, None, "p", 1))
+def test_the_hand_off_carries_a_digest_of_the_key_not_the_key(server: LiveServer) -> None:
+    _tenant, key = server.new_tenant()
+    conn = started(server, key)
+    sup = server.supervisor
+    sent: list[dict[str, Any]] = []
+    original = sup.hand_off_rest
+
+    def spy(worker: Any, sock: socket.socket, header: dict[str, Any], carried: bytes) -> None:
+        sent.append(header)
+        original(worker, sock, header, carried)
+
+    sup.hand_off_rest = spy
+    try:
+        conn.close()
+        conn = Conn(server.url, key)
+        assert conn.call("GET", "/v1/index/docs/ntotal")[0] == 200
+    finally:
+        del sup.hand_off_rest
+    assert len(sent) == 1 and sent[0]["key_sha256"] == token_digest(key) == hashlib.sha256(key.encode()).hexdigest()
+    assert key not in json.dumps(sent[0]) and key.split(".")[-1] not in json.dumps(sent[0])
+    conn.close()
 
 
 def test_tornado_buffer_read_for_the_hand_off() -> None:
