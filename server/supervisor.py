@@ -350,6 +350,8 @@ class Supervisor:
             worker.direct_pending = max(0, worker.direct_pending - 1)
         elif kind == "stats":
             self.metrics.merge(worker.tenant, event)
+            if event.get("rest"):  # requests on connections the worker serves: activity
+                worker.last_active = time.monotonic()
             keys = event.get("keys")
             if keys and isinstance(keys, list) and self.on_keys_used is not None:
                 try:
