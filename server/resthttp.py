@@ -164,7 +164,9 @@ class RestExchange(httputil.HTTPMessageDelegate):
             if headers.get("Content-Length", "0") == "0" and "Transfer-Encoding" not in headers:
                 self.refused = exc  # answered in finish(): the connection stays open
             else:
-                self._fail(exc)  # answered now; Tornado closes the connection (the body is not read)
+                # Answered now; the body is not read, so Tornado closes the connection
+                # after the answer, which says so (clients then open a new one).
+                self._fail(exc, close=True)
             return
         if self.gate.direct_limit > 0:
             self._hand_off(start_line, headers)
@@ -294,12 +296,14 @@ class RestExchange(httputil.HTTPMessageDelegate):
         self._answer(status, body)
 
     # --- answers ---------------------------------------------------------------------
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, close: bool = False) -> None:
         if isinstance(exc, ProxyError):
             status, code, message, extra = exc.status, exc.code, exc.message, exc.http_headers()
         else:
             log.error("REST request %s %s failed", self.method, self.path, exc_info=exc)
             status, code, message, extra = 500, "internal", "internal server error", {}
+        if close:
+            extra = {**extra, "Connection": "close"}
         self._answer(status, orjson.dumps({"error": {"code": code, "message": message}}), extra)
 
     def _answer(self, status: int, body: bytes, extra: Mapping[str, str] | None = None) -> None:

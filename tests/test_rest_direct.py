@@ -246,6 +246,19 @@ def test_other_keys_routes_and_bodies_go_back_to_the_gateway(server: LiveServer)
     conn.close()
 
 
+def test_a_refused_request_with_a_body_says_that_the_connection_closes(server: LiveServer) -> None:
+    """The gateway refuses before reading the body and then closes the connection; the
+    answer says so, so keep-alive clients open a new one instead of failing on this one."""
+    conn = Conn(server.url, "not-a-key")
+    status, body, headers = conn.call("POST", "/v1/index/a/search", {"vector": [1.0], "k": 1})
+    assert status == 401 and body["error"]["code"] == "unauthorized"
+    assert headers.get("connection") == "close" and conn.closed()
+    conn = Conn(server.url, "not-a-key")  # without a body the connection stays open
+    status, _body, headers = conn.call("GET", "/v1/index/a/ntotal")
+    assert status == 401 and "connection" not in headers and not conn.closed(0.2)
+    conn.close()
+
+
 def test_pipelined_requests_are_answered_in_order(server: LiveServer) -> None:
     _tenant, key = server.new_tenant()
     conn = started(server, key)
