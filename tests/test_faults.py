@@ -551,3 +551,99 @@ def test_read_only_data_dir_refuses_changes_and_keeps_what_was_acknowledged(tmp_
     finally:
         live.stop()
     assert (upsert_status, upsert_code) == (507, "storage_error")
+
+
+# ----------------------------------------------------------------------------------
+# keep-alive REST connections (served by the worker) through suspension, revocation, kills
+# ----------------------------------------------------------------------------------
+def test_keepalive_rest_clients_through_suspension_revocation_and_kills(tmp_path: Path) -> None:
+    """Six keep-alive REST clients, most of whose requests the worker serves, while the
+    tenant is suspended and resumed, a key is revoked and the worker is SIGKILLed twice.
+    Every answer is an expected status; a connection closes only when an answer said
+    so or right after a kill; nothing acknowledged is lost; no client hangs."""
+    from .test_rest_direct import Conn
+
+    live = start_server(tmp_path)
+    stop = threading.Event()
+    kills: list[float] = []
+    lock = threading.Lock()
+    statuses: dict[Any, int] = {}
+    unexpected: list[Any] = []
+    acked: set[str] = set()
+    uncertain: set[str] = set()
+    try:
+        tenant, _ = live.new_tenant()
+        keys = [live.catalog.create_key(tenant) for _ in range(3)]
+        first = Conn(live.url, keys[0][1])
+        assert first.call("POST", "/v1/index", {"name": "a", "dimension": 4})[0] == 201
+        first.close()
+
+        def client(n: int) -> None:
+            conn = Conn(live.url, keys[n % 3][1])
+            i = 0
+            while not stop.is_set():
+                i += 1
+                ident = f"{n}-{i}"
+                add = i % 4 == 0
+                try:
+                    if add:
+                        body = {"vectors": [{"id": ident, "values": [1.0, 2.0, 3.0, float(i)]}]}
+                        status, reply, headers = conn.call("POST", "/v1/index/a/vectors", body)
+                    else:
+                        status, reply, headers = conn.call(
+                            "POST", "/v1/index/a/search", {"vector": [1, 2, 3, 4], "k": 3}
+                        )
+                except OSError as exc:  # ConnectionError included
+                    with lock:
+                        recent = any(time.monotonic() - k < 3.0 for k in kills)
+                        statuses["dropped"] = statuses.get("dropped", 0) + 1
+                        if add:
+                            uncertain.add(ident)
+                        if not recent:
+                            unexpected.append(f"connection failed with no kill nearby: {exc!r}")
+                    conn.close()
+                    conn = Conn(live.url, keys[n % 3][1])
+                    continue
+                with lock:
+                    statuses[status] = statuses.get(status, 0) + 1
+                    if status not in (200, 401, 403, 503):
+                        unexpected.append((status, reply))
+                    if add and status == 200:
+                        acked.add(ident)
+                if headers.get("connection") == "close":
+                    conn.close()
+                    time.sleep(0.02)
+                    conn = Conn(live.url, keys[n % 3][1])
+            conn.close()
+
+        threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(6)]
+        for th in threads:
+            th.start()
+        wait_for(lambda: statuses.get(200, 0) > 200, 30, "clients to get going")
+        live.catalog.set_tenant_status(tenant, "suspended")  # the access watcher stops the worker
+        time.sleep(1.5)
+        live.catalog.set_tenant_status(tenant, "active")
+        time.sleep(1.0)
+        live.catalog.revoke_key(keys[1][0].key_id)
+        for _ in range(2):
+            time.sleep(1.0)
+            wait_for(lambda: live.worker_pid(tenant) is not None, 30, "a worker")
+            with lock:
+                kills.append(time.monotonic())
+            kill_worker(live, tenant)
+        time.sleep(1.5)
+        stop.set()
+        for th in threads:
+            th.join(60)
+            assert not th.is_alive(), "a client hung"
+        assert unexpected == [], unexpected[:5]
+        assert statuses.get(403, 0) > 0 and statuses.get(401, 0) > 0 and statuses[200] > 500, statuses
+        assert live.run(lambda: live.supervisor.rest_handoffs) > 0
+        rest = Rest(live.url, keys[0][1])
+        status, body = rest.get("/v1/index/a/ntotal")
+        assert status == 200 and len(acked) <= body["ntotal"] <= len(acked) + len(uncertain), (body, len(acked))
+        for ident in sorted(acked)[:: max(1, len(acked) // 40)]:
+            assert rest.get(f"/v1/index/a/vectors/{ident}")[0] == 200, ident
+    finally:
+        stop.set()
+        live.stop()
