@@ -25,7 +25,10 @@ when the worker stops.  Nothing a client sent is lost on the way back: bytes not
 read stay in the socket, bytes read travel with it.
 
 Each request gets the access-log line the gateway writes (:func:`.restroutes.log_http`)
-and counts in the worker's REST statistics, which reach ``/v1/metrics``.
+and counts in the worker's REST statistics, which reach ``/v1/metrics``.  The worker
+marks each connection's state (:data:`IDLE`, :data:`BUSY`, :data:`ANSWERING`) in a byte
+the gateway shares, so that if the worker dies, the gateway (which kept a duplicate of
+the socket) answers a request still in progress with 503.
 """
 
 from __future__ import annotations
@@ -44,7 +47,17 @@ from .metrics import OperationStats
 from .rest import MUTATING_OPERATIONS
 from .restroutes import api_token, http_date, log_http, match_route, parse_query, unquote_segment
 
-__all__ = ["Grant", "Request", "DirectConnection", "token_digest", "MAX_HEAD", "MAX_CARRIED"]
+__all__ = [
+    "Grant",
+    "Request",
+    "DirectConnection",
+    "token_digest",
+    "MAX_HEAD",
+    "MAX_CARRIED",
+    "IDLE",
+    "BUSY",
+    "ANSWERING",
+]
 
 log = logging.getLogger("faiss_proxy.restdirect")
 
@@ -56,6 +69,12 @@ RECV_SIZE = 16 * 1024
 MAX_CARRIED = MAX_HEAD + RECV_SIZE
 #: How often an idle connection looks at its flags (revoked key, stopping worker).
 TICK = 0.25
+
+#: A connection's state, marked where the gateway can read it (a byte of shared memory,
+#: see faiss_proxy_server.supervisor.DirectSlots): if the worker dies, a ``BUSY``
+#: connection (a request read or being read, nothing answered yet) gets the gateway's
+#: 503; an ``IDLE`` or ``ANSWERING`` one is closed.
+IDLE, BUSY, ANSWERING = 1, 2, 3
 
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
@@ -111,8 +130,10 @@ class DirectConnection:
         stats: OperationStats,
         idle_timeout: float,
         io_timeout: float = 60.0,
+        mark: Callable[[int], None] | None = None,
     ) -> None:
         self.sock = sock
+        self.mark = mark or _no_mark
         self.grant = grant
         self.handle = handle
         self.give_back = give_back
@@ -122,6 +143,7 @@ class DirectConnection:
         #: Set (from another thread) to hand the connection back at its next request
         #: boundary: a revoked or expired key, a stopping worker.
         self.ended: str | None = None
+        self.slot = -1  # the gateway's number for this connection (its state byte)
         self.requests = 0
         self.reported = 0  # requests counted in the worker's last "keys used" report
         self._buf = bytearray()
@@ -157,6 +179,7 @@ class DirectConnection:
                 request = self._parse(end)  # takes the head from the buffer if it serves it
                 if request is None:
                     return None, self._hand_back("a request the gateway serves")
+                self.mark(BUSY)
                 return request, ""
             if len(buf) > MAX_HEAD:
                 return None, self._hand_back("a long request head")
@@ -268,6 +291,7 @@ class DirectConnection:
             b"" if request.keep_alive else b"Connection: close\r\n",
         )
         self.sock.settimeout(self.io_timeout)
+        self.mark(ANSWERING)
         try:
             if len(reply) < 65536:
                 self.sock.sendall(head + reply)
@@ -278,6 +302,7 @@ class DirectConnection:
             return False
         finally:
             log_http(self.grant.tenant, request.op, request.method, request.path, status, 1000.0 * elapsed)
+        self.mark(IDLE)
         return True
 
     # --- leaving -----------------------------------------------------------------------
@@ -292,8 +317,16 @@ class DirectConnection:
         return f"handed back ({why})"
 
     def _close(self, why: str) -> str:
+        try:  # shut down, not only closed: the gateway holds a duplicate of the socket
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self.sock.close()
         except OSError:
             pass
         return why
+
+
+def _no_mark(state: int) -> None:
+    pass

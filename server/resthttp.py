@@ -230,7 +230,7 @@ class RestExchange(httputil.HTTPMessageDelegate):
         if "close" in tokens:
             return  # the hand-off pays off over a connection's later requests; this has none
         worker = gate.supervisor.ready_worker(self.principal.tenant)
-        if worker is None or worker.direct + worker.direct_pending >= gate.direct_limit:
+        if worker is None or worker.slots is None or not worker.slots.free:
             return  # not started yet (the next request goes), or enough connections there
         stream = getattr(self.conn, "stream", None)
         if not isinstance(stream, IOStream) or isinstance(stream, SSLIOStream) or stream.socket is None:

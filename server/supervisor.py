@@ -14,6 +14,12 @@ REST connections can be handed to a worker too (:meth:`Supervisor.hand_off_rest`
 serve, and :attr:`Supervisor.on_bounce` gives them to the gateway's HTTP server.  A
 worker told to stop keeps its control channel open until it has exited, so the REST
 connections it held come back rather than being closed.
+
+The gateway keeps a duplicate of each handed-over socket and the worker marks, in a
+byte per connection of a shared memory file (:class:`DirectSlots`), whether it is in
+the middle of a request, writing an answer, or waiting for the next request.  If the
+worker dies, a request it had not started answering gets the gateway's ``503`` (as on
+a REST channel), and the other connections are closed.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import mmap
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -36,6 +44,7 @@ from .config import Settings
 from .errors import ServiceUnavailable
 from .metrics import GatewayMetrics
 from .restchannel import Reply, RestPool
+from .restdirect import BUSY
 
 __all__ = ["Supervisor", "WorkerProcess", "worker_environment"]
 
@@ -53,6 +62,7 @@ class WorkerProcess:
     pending: int = 0  # sessions handed off whose "open" event has not arrived yet
     direct: int = 0  # REST connections the worker serves (see restdirect)
     direct_pending: int = 0  # REST connections handed off whose "rest_open" has not arrived
+    slots: DirectSlots | None = None  # the gateway's side of those connections
     inflight: int = 0
     sandbox: dict[str, Any] | None = None
     last_active: float = field(default_factory=time.monotonic)
@@ -75,6 +85,70 @@ _WORKER_ENV_PREFIXES = ("LC_", "PYTHON", "OMP_", "GOMP_", "KMP_", "OPENBLAS_", "
 def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The allow-listed part of ``environ`` that a tenant worker is started with."""
     return {k: v for k, v in environ.items() if k in _WORKER_ENV_NAMES or k.startswith(_WORKER_ENV_PREFIXES)}
+
+
+class DirectSlots:
+    """The gateway's side of the REST connections a worker serves: a duplicate of each
+    socket, and a shared byte per connection in which the worker marks its state
+    (see faiss_proxy_server.restdirect: ``IDLE``, ``BUSY``, ``ANSWERING``; 0 free)."""
+
+    def __init__(self, count: int) -> None:
+        self.fd = os.memfd_create("faiss-proxy-rest-slots", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, max(1, count))
+        self.state = mmap.mmap(self.fd, max(1, count))
+        self.socks: dict[int, socket.socket] = {}
+        self.free = list(range(count - 1, -1, -1))
+
+    def take(self, sock: socket.socket) -> int | None:
+        """A slot for ``sock`` (marked busy: its first request is being served), or None."""
+        if not self.free:
+            return None
+        slot = self.free.pop()
+        self.socks[slot] = sock.dup()
+        self.state[slot] = BUSY
+        return slot
+
+    def release(self, slot: Any) -> None:
+        """The worker closed the connection or handed it back: forget our duplicate."""
+        if type(slot) is not int or slot not in self.socks:
+            return
+        self.socks.pop(slot).close()
+        self.state[slot] = 0
+        self.free.append(slot)
+
+    def worker_gone(self) -> int:
+        """The worker has exited: answer 503 where it was in the middle of a request,
+        close the rest; returns how many got the 503."""
+        answered = 0
+        for slot, sock in list(self.socks.items()):
+            try:
+                if self.state[slot] == BUSY:
+                    sock.setblocking(False)
+                    sock.send(_GONE)
+                    answered += 1
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.release(slot)
+        return answered
+
+    def close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def close(self) -> None:
+        for slot in list(self.socks):
+            self.release(slot)
+        self.state.close()
+        self.close_fd()
+
+
+_GONE_BODY = b'{"error":{"code":"unavailable","message":"the tenant\'s worker stopped while handling the request"}}'
+_GONE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+    b"Connection: close\r\n\r\n%s" % (len(_GONE_BODY), _GONE_BODY)
+)
 
 
 class Supervisor:
@@ -116,9 +190,15 @@ class Supervisor:
     def hand_off_rest(self, worker: WorkerProcess, sock: socket.socket, header: dict[str, Any], carried: bytes) -> None:
         """Give a REST connection, with its first request (``header``) and the bytes
         of it already read, to ``worker``; the caller closes its own copy."""
+        slots = worker.slots
+        slot = slots.take(sock) if slots is not None else None
+        if slots is None or slot is None:
+            raise ServiceUnavailable(f"worker for tenant '{worker.tenant}' serves no more REST connections")
         try:
-            socket.send_fds(worker.control, [json.dumps({"rest": header}).encode() + b"\n" + carried], [sock.fileno()])
+            message = json.dumps({"rest": {**header, "slot": slot}}).encode() + b"\n" + carried
+            socket.send_fds(worker.control, [message], [sock.fileno()])
         except OSError as exc:
+            slots.release(slot)
             self._forget(worker, f"control channel failed: {exc}")
             raise ServiceUnavailable(f"worker for tenant '{worker.tenant}' is not available") from exc
         worker.direct_pending += 1
@@ -250,7 +330,15 @@ class Supervisor:
             str(self._worker_uid(tenant)),
         ]
         fds = [child.fileno(), *(c.fileno() for _, c in rest_pairs)]
-        proc = subprocess.Popen(cmd, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
+        slots = DirectSlots(s.rest_direct_connections) if s.rest_direct_connections > 0 else None
+        if slots is not None:
+            cmd += ["--rest-slots-fd", str(slots.fd), "--rest-slots", str(s.rest_direct_connections)]
+            fds.append(slots.fd)
+        try:
+            proc = subprocess.Popen(cmd, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
+        finally:
+            if slots is not None:
+                slots.close_fd()  # the mapping stays; the worker has its own descriptor
         child.close()
         for rest_parent, rest_child in rest_pairs:
             rest_child.close()
@@ -258,6 +346,7 @@ class Supervisor:
         parent.setblocking(False)
         loop = asyncio.get_running_loop()
         worker = WorkerProcess(tenant, proc, parent, loop.create_future(), RestPool([p for p, _ in rest_pairs]))
+        worker.slots = slots
         loop.add_reader(parent.fileno(), self._on_control, worker)
         log.info("worker started tenant=%s pid=%d", tenant, proc.pid)
         return worker
@@ -315,6 +404,8 @@ class Supervisor:
             return
         if fds:
             if event.get("event") == "bounce":
+                if worker.slots is not None:
+                    worker.slots.release(event.get("slot"))
                 self._bounced(socket.socket(fileno=fds[0]), carried)
             else:
                 for fd in fds:
@@ -346,8 +437,12 @@ class Supervisor:
             worker.direct_pending = max(0, worker.direct_pending - 1)
         elif kind == "rest_close":
             worker.direct = max(0, worker.direct - 1)
+            if worker.slots is not None:
+                worker.slots.release(event.get("slot"))
         elif kind == "rest_refused":
             worker.direct_pending = max(0, worker.direct_pending - 1)
+            if worker.slots is not None:
+                worker.slots.release(event.get("slot"))
         elif kind == "stats":
             self.metrics.merge(worker.tenant, event)
             if event.get("rest"):  # requests on connections the worker serves: activity
@@ -391,6 +486,13 @@ class Supervisor:
         self._exiting[worker.tenant] = worker.exited
         return worker.exited
 
+    def _drain_control(self, worker: WorkerProcess) -> None:
+        """Read what the (exited) worker left on its control channel."""
+        for _ in range(10_000):
+            if worker.control.fileno() < 0 or not select.select([worker.control], [], [], 0)[0]:
+                return
+            self._on_control(worker)
+
     def _close_control(self, worker: WorkerProcess) -> None:
         if worker.control.fileno() < 0:
             return
@@ -406,7 +508,14 @@ class Supervisor:
         try:
             code = await _wait_for_exit(worker.proc, self.settings.shutdown_timeout + 5.0)
         finally:
+            self._drain_control(worker)  # connections handed back just before the exit
             self._close_control(worker)
+            if worker.slots is not None:
+                answered = worker.slots.worker_gone()
+                if answered:
+                    log.warning("worker tenant=%s: %d REST requests in flight got 503", worker.tenant, answered)
+                worker.slots.close()
+                worker.slots = None
             if self._exiting.get(worker.tenant) is worker.exited:
                 del self._exiting[worker.tenant]
         if code is None:

@@ -29,6 +29,7 @@ import argparse
 import ctypes
 import json
 import logging
+import mmap
 import os
 import signal
 import socket
@@ -69,6 +70,8 @@ class WorkerOptions(argparse.Namespace):
     max_vectors: int
     rate_limit: float
     rest_idle_timeout: float
+    rest_slots_fd: int
+    rest_slots: int
 
 
 def _parse(argv: list[str] | None) -> WorkerOptions:
@@ -95,6 +98,8 @@ def _parse(argv: list[str] | None) -> WorkerOptions:
     p.add_argument("--max-vectors", type=int, default=0)
     p.add_argument("--rate-limit", type=float, default=0.0)
     p.add_argument("--rest-idle-timeout", type=float, default=300.0)
+    p.add_argument("--rest-slots-fd", type=int, default=-1, help="shared states of REST connections (restdirect)")
+    p.add_argument("--rest-slots", type=int, default=0)
     p.add_argument("--uid", type=int, default=-1)
     return p.parse_args(argv, namespace=WorkerOptions())
 
@@ -154,6 +159,11 @@ class Worker:
         self._direct: set[Any] = set()
         self._keys_used: set[str] = set()
         self.stopping = False
+        # One byte per REST connection, shared with the gateway (see restdirect)
+        self.slots: mmap.mmap | None = None
+        if opts.rest_slots_fd >= 0 and opts.rest_slots > 0:
+            self.slots = mmap.mmap(opts.rest_slots_fd, opts.rest_slots)
+            os.close(opts.rest_slots_fd)
 
     def report_stats(self) -> None:
         """Every second: what RPC calls did since the last report, and the named
@@ -287,14 +297,27 @@ class Worker:
                 bool(req["keep_alive"]),
                 time.perf_counter(),
             )
+            slot = int(header["slot"])
+            if self.slots is None or not 0 <= slot < len(self.slots):
+                raise ValueError(f"no REST connection slot {slot}")
         except (KeyError, TypeError, ValueError) as exc:
             log.error("a malformed REST hand-off from the gateway: %s", exc)
             sock.close()
-            self.notify(event="rest_refused")
+            self.notify(event="rest_refused", slot=header.get("slot"))
             return
+        slots = self.slots
+        assert slots is not None  # checked with the header
+
+        def mark(state: int) -> None:
+            slots[slot] = state
+
+        def give_back(back: socket.socket, carried: bytes) -> None:
+            self.give_back(back, carried, slot)
+
         conn = DirectConnection(
-            sock, grant, self.rest.handle, self.give_back, self.rest_stats, self.opts.rest_idle_timeout
+            sock, grant, self.rest.handle, give_back, self.rest_stats, self.opts.rest_idle_timeout, mark=mark
         )
+        conn.slot = slot
         with self._sessions_lock:  # before the thread starts: end_sessions and terminate see it
             self._direct.add(conn)
             if self.stopping:
@@ -308,7 +331,7 @@ class Worker:
             with self._sessions_lock:
                 self._direct.discard(conn)
             sock.close()
-            self.notify(event="rest_refused")
+            self.notify(event="rest_refused", slot=slot)
 
     def serve_direct(self, conn: Any, first: Any, carried: bytes) -> None:
         self.notify(event="rest_open")
@@ -331,11 +354,14 @@ class Worker:
                 conn.requests,
                 outcome,
             )
-            self.notify(event="rest_close")
+            if not outcome.startswith("handed back"):
+                self.notify(event="rest_close", slot=conn.slot)
+            else:
+                self.notify(event="rest_close")  # the slot went with the socket (bounce)
 
-    def give_back(self, sock: socket.socket, carried: bytes) -> None:
+    def give_back(self, sock: socket.socket, carried: bytes, slot: int) -> None:
         """Hand a REST connection back to the gateway, with the bytes read of its next request."""
-        data = json.dumps({"event": "bounce"}).encode() + b"\n" + carried
+        data = json.dumps({"event": "bounce", "slot": slot}).encode() + b"\n" + carried
         with self._send_lock:
             socket.send_fds(self.control, [data], [sock.fileno()])
 

@@ -350,6 +350,38 @@ def test_a_killed_worker_closes_only_its_own_connections(server: LiveServer) -> 
         conn.close()
 
 
+def test_a_request_in_flight_when_the_worker_dies_gets_503(server: LiveServer) -> None:
+    """The gateway keeps a duplicate of each handed-over socket and reads the worker's mark
+    of each connection: a request the worker had not started answering gets the same
+    503 as through the gateway; an idle connection of the same worker is closed."""
+    tenant, key = server.new_tenant()
+    conn = Conn(server.url, key)
+    status, body, _ = conn.call("POST", "/v1/index", {"name": "ivf", "dimension": 64, "index_type": "IVF1024,Flat"})
+    assert status == 201, body
+    assert conn.call("GET", "/v1/index/ivf/ntotal")[0] == 200  # with the worker from here on
+    idle = started(server, key, "other")
+    assert idle.call("GET", "/v1/index/other/ntotal")[0] == 200
+    assert direct_connections(server, tenant) == 2
+    x = np.random.default_rng(0).random((60_000, 64), dtype="float32")
+    payload = json.dumps({"values_b64": base64.b64encode(x.tobytes()).decode()}).encode()
+    conn.send(conn.raw("POST", "/v1/index/ivf/train", payload))  # k-means on 60k: seconds
+    time.sleep(0.8)
+    pid = server.worker_pid(tenant)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    status, headers, raw = conn.response()
+    assert status == 503 and headers["connection"] == "close", (status, raw)
+    assert json.loads(raw) == {
+        "error": {"code": "unavailable", "message": "the tenant's worker stopped while handling the request"}
+    }
+    assert conn.closed() and idle.closed()
+    fresh = Conn(server.url, key)
+    status, body, _ = fresh.call("GET", "/v1/index/ivf")  # nothing was applied
+    assert status == 200 and body["is_trained"] is False
+    for c in (conn, idle, fresh):
+        c.close()
+
+
 def test_connections_past_the_limit_stay_with_the_gateway(tmp_path: Path) -> None:
     live = start_server(tmp_path, rest_direct_connections=1)
     try:
