@@ -17,7 +17,13 @@ Order of checks, as before: route (404), method (405, with ``Allow``), key (401)
 rate (429 with ``Retry-After``), read-only key on a mutation (403), declared body size
 (413) — all before any body byte is read.  Every error has the one JSON shape of
 :mod:`.errors`, and every request gets one access-log line (tenant, operation, method,
-path, status, duration).
+path, status, duration).  A refusal sent before the body is read closes the connection
+and says so (``Connection: close``).
+
+Once a keep-alive request on plain HTTP has passed these checks, the connection itself
+goes to the tenant's worker (:meth:`RestExchange._hand_off`), which serves the
+connection's requests from then on and hands back what it does not serve
+(:mod:`.restdirect`).
 """
 
 from __future__ import annotations
