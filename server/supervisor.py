@@ -60,9 +60,7 @@ class WorkerProcess:
     rest: RestPool
     sessions: int = 0
     pending: int = 0  # sessions handed off whose "open" event has not arrived yet
-    direct: int = 0  # REST connections the worker serves (see restdirect)
-    direct_pending: int = 0  # REST connections handed off whose "rest_open" has not arrived
-    slots: DirectSlots | None = None  # the gateway's side of those connections
+    slots: DirectSlots | None = None  # the REST connections handed to it (see restdirect)
     inflight: int = 0
     sandbox: dict[str, Any] | None = None
     last_active: float = field(default_factory=time.monotonic)
@@ -73,6 +71,11 @@ class WorkerProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def direct(self) -> int:
+        """REST connections handed to the worker and not yet closed or handed back."""
+        return 0 if self.slots is None else len(self.slots.socks)
 
 
 #: What a worker inherits of the gateway's environment: how to run Python and its
@@ -201,7 +204,6 @@ class Supervisor:
             slots.release(slot)
             self._forget(worker, f"control channel failed: {exc}")
             raise ServiceUnavailable(f"worker for tenant '{worker.tenant}' is not available") from exc
-        worker.direct_pending += 1
         self.rest_handoffs += 1
 
     async def worker_for(self, tenant: str) -> WorkerProcess:
@@ -432,15 +434,7 @@ class Supervisor:
             worker.pending = max(0, worker.pending - 1)
         elif kind == "close":
             worker.sessions = max(0, worker.sessions - 1)
-        elif kind == "rest_open":
-            worker.direct += 1
-            worker.direct_pending = max(0, worker.direct_pending - 1)
-        elif kind == "rest_close":
-            worker.direct = max(0, worker.direct - 1)
-            if worker.slots is not None:
-                worker.slots.release(event.get("slot"))
-        elif kind == "rest_refused":
-            worker.direct_pending = max(0, worker.direct_pending - 1)
+        elif kind == "rest_close":  # the worker closed a REST connection (or could not take it)
             if worker.slots is not None:
                 worker.slots.release(event.get("slot"))
         elif kind == "stats":
@@ -573,7 +567,6 @@ class Supervisor:
                 elif (
                     worker.sessions == 0
                     and worker.direct == 0
-                    and worker.direct_pending == 0
                     and worker.inflight == 0
                     and now - worker.last_active > self.settings.worker_idle_timeout
                 ):

@@ -12,15 +12,15 @@ fresh worker on the tenant's next connection.
 
 Messages to the gateway, one JSON object per datagram:
 ``{"event": "ready", "pid": ...}``, ``{"event": "open"}``, ``{"event": "close"}``,
-``{"event": "stats", ...}``; ``{"event": "rest_open"}`` / ``{"event": "rest_close"}``
-per REST connection served here (``rest_refused`` for one it could not take), and
-``{"event": "bounce"}`` with a REST connection's socket handed back to the gateway (see
-:mod:`.restdirect`).  From the gateway: an RPC session header with its socket; a
-``{"rest": ...}`` header with a REST connection's socket, its first request and the bytes
-of it the gateway had read (after the header's newline); or ``{"end_sessions": [key
-ids], "why": ...}`` (no descriptor) when keys were revoked or expired: the RPC sessions
-opened with those keys are closed and their REST connections go back to the gateway
-(which answers 401), the others go on.
+``{"event": "stats", ...}``; ``{"event": "rest_close", "slot": ...}`` when it closes a
+REST connection handed to it (or cannot take one), and ``{"event": "bounce", "slot": ...}``
+with a REST connection's socket handed back to the gateway (see :mod:`.restdirect`).
+From the gateway: an RPC session header with its socket; a ``{"rest": ...}`` header
+with a REST connection's socket, its first request and the bytes of it the gateway had
+read (after the header's newline); or ``{"end_sessions": [key ids], "why": ...}`` (no
+descriptor) when keys were revoked or expired: the RPC sessions opened with those keys
+are closed and their REST connections go back to the gateway (which answers 401), the
+others go on.
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ class Worker:
         except (KeyError, TypeError, ValueError) as exc:
             log.error("a malformed REST hand-off from the gateway: %s", exc)
             sock.close()
-            self.notify(event="rest_refused", slot=header.get("slot"))
+            self.notify(event="rest_close", slot=header.get("slot"))
             return
         slots = self.slots
         assert slots is not None  # checked with the header
@@ -331,10 +331,9 @@ class Worker:
             with self._sessions_lock:
                 self._direct.discard(conn)
             sock.close()
-            self.notify(event="rest_refused", slot=slot)
+            self.notify(event="rest_close", slot=slot)
 
     def serve_direct(self, conn: Any, first: Any, carried: bytes) -> None:
-        self.notify(event="rest_open")
         outcome = "closed"
         try:
             outcome = conn.serve(first, carried)
@@ -354,10 +353,8 @@ class Worker:
                 conn.requests,
                 outcome,
             )
-            if not outcome.startswith("handed back"):
+            if not conn.handed_back:  # a handed-back socket took its slot with it
                 self.notify(event="rest_close", slot=conn.slot)
-            else:
-                self.notify(event="rest_close")  # the slot went with the socket (bounce)
 
     def give_back(self, sock: socket.socket, carried: bytes, slot: int) -> None:
         """Hand a REST connection back to the gateway, with the bytes read of its next request."""
