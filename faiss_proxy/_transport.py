@@ -251,6 +251,16 @@ class FrameChannel:
         while self._end - self._start < n:
             self._fill()
 
+    def take_attachments(self) -> tuple[np.ndarray, ...]:
+        """The raw buffers of the frame this thread received last, handed over: the
+        channel keeps no reference to them, so once the caller drops them the
+        receive buffer is free for the next large frame, whichever thread reads it
+        (a reference left in a thread's slot would force a fresh, page-faulting
+        buffer for every large frame read by another thread)."""
+        attachments = tuple(getattr(self._local, "attachments", ()))
+        self._local.attachments = ()
+        return attachments
+
     def attachment(self, index: Any) -> np.ndarray:
         """The ``index``-th raw buffer of the frame this thread received last."""
         attachments: Any = getattr(self._local, "attachments", ())
@@ -533,7 +543,7 @@ class ClientConnection(FramedConnection):
             if msg == MSG_FAST_REPLY:
                 tree, idpacks = body
                 refs = tuple(self._unbox((consts.LABEL_REMOTE_REF, tuple(p))) for p in idpacks) if idpacks else ()
-                buffers = tuple(self._channel._local.attachments)
+                buffers = self._channel.take_attachments()
                 obj: Any = (tree, buffers, refs)
                 is_exc = False
             else:
@@ -569,9 +579,9 @@ class ServerConnection(FramedConnection):
             try:
                 data = self._channel.recv()
                 msg = data[0]
-                attachments = tuple(getattr(self._channel._local, "attachments", ()))
-                quick = all(a.nbytes < _SMALL for a in attachments)
                 if msg == MSG_FAST_REQUEST:
+                    attachments = self._channel.take_attachments()
+                    quick = all(a.nbytes < _SMALL for a in attachments)
                     return (quick, "fast", self._parse_fast(data, attachments))
                 if msg != consts.MSG_REQUEST:
                     raise ProtocolError("clients may only send requests")
@@ -590,8 +600,11 @@ class ServerConnection(FramedConnection):
                 raise ProtocolError(f"malformed message: {type(exc).__name__}") from None
             try:
                 handler, args = raw
-                return (quick, "rpyc", (seq, handler, self._unbox(args)))
+                unboxed = self._unbox(args)
+                quick = all(a.nbytes < _SMALL for a in self._channel.take_attachments())
+                return (quick, "rpyc", (seq, handler, unboxed))
             except Exception:
+                self._channel.take_attachments()
                 self._reply_exception(seq)
                 return (True, "done", None)
 
