@@ -69,6 +69,13 @@ SETTINGS: tuple[Setting, ...] = (
         4,
         "Threads serving one RPC session, so calls from several client threads run in parallel.",
     ),
+    Setting(
+        "session_spin_us",
+        float,
+        200.0,
+        "Microseconds a session thread busy-waits for a client's next call after answering one, before it sleeps "
+        "(only while that client calls back within this time; saves a wake-up per call). 0: never.",
+    ),
     Setting("omp_threads", int, 0, "OpenMP threads a worker uses for batch calls; 0 uses all cores."),
     Setting(
         "omp_min_rows", int, 32, "Calls whose largest array argument has fewer rows than this run on one OpenMP thread."
@@ -174,6 +181,7 @@ class Settings:
     worker_start_timeout: float = 30.0
     worker_memory_limit_mb: int = 0
     session_threads: int = 4
+    session_spin_us: float = 200.0
     omp_threads: int = 0
     omp_min_rows: int = 32
     max_message_mb: int = 1024

@@ -292,6 +292,8 @@ class Supervisor:
             str(s.worker_memory_limit_mb),
             "--session-threads",
             str(s.session_threads),
+            "--session-spin-us",
+            str(s.session_spin_us),
             "--omp-threads",
             str(s.omp_threads),
             "--omp-min-rows",

@@ -51,6 +51,7 @@ class WorkerOptions(argparse.Namespace):
     control_fd: int
     memory_limit_mb: int
     session_threads: int
+    session_spin_us: float
     omp_threads: int
     omp_min_rows: int
     max_message_mb: int
@@ -80,6 +81,7 @@ def _parse(argv: list[str] | None) -> WorkerOptions:
     p.add_argument("--control-fd", type=int, required=True)
     p.add_argument("--memory-limit-mb", type=int, default=0)
     p.add_argument("--session-threads", type=int, default=4)
+    p.add_argument("--session-spin-us", type=float, default=0.0)
     p.add_argument("--omp-threads", type=int, default=0)
     p.add_argument("--omp-min-rows", type=int, default=32)
     p.add_argument("--max-message-mb", type=int, default=1024)
@@ -395,7 +397,7 @@ class Worker:
                 sock.sendall(SWITCHING_PROTOCOLS)
             channel = FrameChannel(sock, self.opts.max_message_mb * 1024 * 1024)
             conn = ServerConnection(service, channel, server_config(str(header.get("session"))))
-            conn.serve_session(self.opts.session_threads)
+            conn.serve_session(self.opts.session_threads, spin=max(0.0, self.opts.session_spin_us) / 1e6)
         except OSError:
             outcome = "closed before start"
         except ProtocolError as exc:

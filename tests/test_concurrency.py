@@ -5,11 +5,15 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
-from .conftest import Dataset
+from faiss_proxy._client import Client
+
+from .conftest import Dataset, start_server
+from .test_faults import cpu_seconds
 
 
 def test_threads_share_one_remote_index(remote: ModuleType, local_faiss: ModuleType, dataset: Dataset) -> None:
@@ -72,3 +76,36 @@ def test_calls_from_different_threads_run_in_parallel_on_the_server(remote: Modu
     assert long_done.is_set()
     assert quick_finished_during_long > 0, "the quick calls waited for the long one"
     assert kmeans.centroids.shape == (256, 32)
+
+
+def test_session_spin_follows_the_client(tmp_path: Path, local_faiss: ModuleType, dataset: Dataset) -> None:
+    """The worker busy-waits for a client's next call only while that client calls
+    back quickly: a client that pauses between calls costs the worker no spinning
+    (with a 20 ms spin, spinning after each of 25 calls would burn 0.5 s of CPU),
+    and a client in a tight loop gets correct answers from the spinning worker."""
+    live = start_server(tmp_path, session_spin_us=20_000.0)
+    try:
+        tenant, key = live.new_tenant("spin")
+        client = Client(live.url, key, timeout=60)
+        conn = client.connection()
+        index = conn.new("IndexFlatL2", (dataset.d,), {})
+        index.add(dataset.xb)
+        lo = local_faiss.IndexFlatL2(dataset.d)
+        lo.add(dataset.xb)
+        D_ref, I_ref = lo.search(dataset.xq, 5)
+        for i in range(200):  # tight loop: the worker spins between these calls
+            D, I = index.search(dataset.xq[i % 40 : i % 40 + 1], 5)
+            np.testing.assert_array_equal(I, I_ref[i % 40 : i % 40 + 1])
+        pid = live.worker_pid(tenant)
+        assert pid is not None
+        before = cpu_seconds(pid)
+        for i in range(25):  # a client that pauses: no spinning after the first pause
+            time.sleep(0.06)
+            D, I = index.search(dataset.xq[i : i + 1], 5)
+            np.testing.assert_array_equal(I, I_ref[i : i + 1])
+            np.testing.assert_allclose(D, D_ref[i : i + 1], rtol=1e-5)
+        used = cpu_seconds(pid) - before
+        assert used < 0.25, f"the worker used {used:.2f} s of CPU while its client paused 25 times"
+        client.close()
+    finally:
+        live.stop()
