@@ -69,7 +69,7 @@ def configure(
     Arguments left out are read from ``FAISS_PROXY_URL``, ``FAISS_PROXY_API_KEY``,
     ``FAISS_PROXY_TIMEOUT`` (seconds a call may take; default 600),
     ``FAISS_PROXY_SPIN_US`` (microseconds to busy-wait for a reply before sleeping;
-    default 500, 0 turns it off) and ``FAISS_PROXY_CA`` (for ``https://`` URLs: a
+    default 5000, 0 turns it off) and ``FAISS_PROXY_CA`` (for ``https://`` URLs: a
     PEM bundle of the CAs to trust instead of the system's).  With no URL at all,
     the module uses the local faiss package.
     """
@@ -79,7 +79,7 @@ def configure(
     if timeout is None:
         timeout = float(_os.environ.get("FAISS_PROXY_TIMEOUT", "600") or 600)
     if spin_us is None:
-        spin_us = float(_os.environ.get("FAISS_PROXY_SPIN_US", "500") or 0)
+        spin_us = float(_os.environ.get("FAISS_PROXY_SPIN_US", "5000") or 0)
     if ca is None:
         ca = _os.environ.get("FAISS_PROXY_CA") or None
     with _lock:

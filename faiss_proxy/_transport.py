@@ -28,6 +28,7 @@ from __future__ import annotations
 import builtins
 import itertools
 import json
+import os
 import secrets
 import select
 import socket
@@ -93,6 +94,10 @@ def next_wire_number() -> int:
     return next(_WIRE_NUMBERS)
 
 
+_yield = getattr(os, "sched_yield", lambda: None)
+_PREEMPTED = 50e-6  # a sched_yield that returns later than this let another thread run
+
+
 class ProtocolError(EOFError):
     """The peer sent a frame that breaks the protocol; the connection is closed."""
 
@@ -108,6 +113,10 @@ class FrameChannel:
     def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME, spin: float = 0.0) -> None:
         sock.setblocking(True)
         self.spin = spin
+        # The last call was answered within ``spin``: the next one spins too.  (A
+        # call that outlasted the spin sends the next one straight to sleep, so a
+        # client of long calls does not burn ``spin`` of CPU on each.)
+        self.brisk = True
         set_nodelay(sock)
         self.sock = sock
         self.max_frame = max_frame
@@ -146,7 +155,7 @@ class FrameChannel:
             return True
         if self._tls and self.sock.pending():  # type: ignore[attr-defined]  # decrypted bytes in the SSL object
             return True
-        if self.spin > 0 and self.spin_recv(self.spin):
+        if self.spin > 0 and self.brisk and self.spin_recv(self.spin):
             return True
         if type(timeout) is float:
             left: float | None = timeout
@@ -161,7 +170,10 @@ class FrameChannel:
         A message that arrives within a few hundred microseconds is picked up at
         once instead of after the scheduler wakes this thread (15-50 µs on a VM,
         paid again in the sender's ``send``); longer waits fall through to a
-        blocking read or poll.  Not for TLS sockets (no ``MSG_DONTWAIT`` reads)."""
+        blocking read or poll.  The spin yields the CPU between tries and stops as
+        soon as another thread took it (the machine is busy: spinning would only
+        steal CPU from the work being waited for).  Not for TLS sockets (no
+        ``MSG_DONTWAIT`` reads)."""
         if self._end > self._start:
             return True
         self._start = self._end = 0
@@ -172,7 +184,13 @@ class FrameChannel:
                 self._end += self._recv_into(view, socket.MSG_DONTWAIT)
                 return True
             except BlockingIOError:
-                if time.perf_counter() > deadline:
+                now = time.perf_counter()
+                if now > deadline:
+                    return False
+                # Give way to any other thread that wants this CPU; if one took it,
+                # the machine is busy and a sleeping wait costs nobody anything.
+                _yield()
+                if time.perf_counter() - now > _PREEMPTED:
                     return False
 
     def recv(self) -> bytes:
@@ -503,7 +521,8 @@ class ClientConnection(FramedConnection):
         """Serve the connection until ``slot`` has its reply (RPyC's ``serve`` loop,
         without its per-iteration Timeout objects and closures)."""
         timeout = self._config["sync_request_timeout"] or 1e9
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while not slot.done:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -529,6 +548,8 @@ class ClientConnection(FramedConnection):
                 with self._recv_event:
                     if not slot.done:
                         self._recv_event.wait(min(left, 0.01))
+        channel = self._channel
+        channel.brisk = time.monotonic() - started <= channel.spin
         if slot.is_exc:
             raise slot.value
         return slot.value
@@ -557,8 +578,17 @@ class ClientConnection(FramedConnection):
         return _OpaqueRef(self, id_pack)
 
 
+def _nothing() -> None:
+    pass
+
+
 class ServerConnection(FramedConnection):
-    """The worker's end of a session; :meth:`serve_session` runs it to the end."""
+    """The worker's end of a session; :meth:`serve_session` runs it to the end.
+
+    After each answer it calls the service's ``settle()``, if it has one: the
+    place for bookkeeping that need not delay the answer."""
+
+    _settle: Any = staticmethod(_nothing)
 
     def serve_session(self, threads: int, spin: float = 0.0) -> None:
         """Serve requests with ``threads`` threads, leader/follower style.
@@ -582,6 +612,7 @@ class ServerConnection(FramedConnection):
         nobody spins while a batch runs (the leader spins only right after a reply).
         """
         read_lock = threading.Lock()
+        self._settle = getattr(self._local_root, "settle", None) or _nothing
         if self._channel._tls:
             spin = 0.0  # no MSG_DONTWAIT reads on an SSL socket
         channel = self._channel
@@ -703,11 +734,13 @@ class ServerConnection(FramedConnection):
             attachments = _attachments(out_buffers)
         except Exception as exc:
             self._reply_fast_error(seq, exc)
+            self._settle()
             return
         try:
             self._send_raw(meta, attachments)
         except EOFError:
             pass
+        self._settle()
 
     def _reply_fast_error(self, seq: int, exc: Exception) -> None:
         args = [a if type(a) in (str, int, float, bool, type(None)) else str(a) for a in exc.args]
@@ -731,11 +764,13 @@ class ServerConnection(FramedConnection):
             boxed = self._box_into(res, attachments)
         except Exception:
             self._reply_exception(seq)
+            self._settle()
             return
         try:
             self._send(consts.MSG_REPLY, seq, boxed, attachments)
         except EOFError:
             pass
+        self._settle()
 
     # --- references: named by number, never by address -------------------------------
     @staticmethod

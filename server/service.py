@@ -155,12 +155,10 @@ def _operation(fn: Callable[..., Any]) -> Callable[..., Any]:
             if converted is exc:
                 raise
             raise converted from None
-        self.stats.count(True)
-        if self.op_stats is not None:
-            # The name is in the label only for calls that worked: it is then a
-            # real faiss method or function (a bounded set), never a client's string.
-            label = f"{kind}.{args[1]}" if named_ops and type(args[1]) is str else kind
-            self.op_stats.record(label, time.perf_counter() - started, True)
+        # The name is in the label only for calls that worked: it is then a
+        # real faiss method or function (a bounded set), never a client's string.
+        label = f"{kind}.{args[1]}" if named_ops and type(args[1]) is str else kind
+        self._answered.call = (label, time.perf_counter() - started)  # counted by settle()
         return result
 
     return wrapper
@@ -200,11 +198,28 @@ class FaissService:
         self._fast_ops: dict[str, Callable[..., Reply]] = {op: getattr(self, "op_" + op) for op in _FAST}
         self.wire_number = next_wire_number()  # names the session's root to the client
 
+        self._answered = threading.local()  # per session thread: the call to count in settle()
+
     def __repr__(self) -> str:
         return f"<faiss-proxy session #{self.wire_number}>"
 
     def __hash__(self) -> int:
         return hash(self.wire_number)
+
+    def settle(self) -> None:
+        """Count the call this thread has just answered.
+
+        The transport calls this once the answer is sent, so the bookkeeping of a
+        successful call (session count, metrics, the in-flight count a graceful
+        stop waits on) is not part of the client's wait.  Failed calls are counted
+        at once."""
+        done = getattr(self._answered, "call", None)
+        if done is None:
+            return
+        self._answered.call = None
+        self.stats.count(True)
+        if self.op_stats is not None:
+            self.op_stats.record(done[0], done[1], True)
 
     # rpyc protocol hooks ------------------------------------------------------------
     def on_connect(self, conn: Any) -> None:

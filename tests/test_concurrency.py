@@ -109,3 +109,26 @@ def test_session_spin_follows_the_client(tmp_path: Path, local_faiss: ModuleType
         client.close()
     finally:
         live.stop()
+
+
+def test_client_spin_is_skipped_after_a_long_call(remote: ModuleType, dataset: Dataset) -> None:
+    """The client busy-waits for a reply only while calls come back within its spin:
+    after one that outlasted it, the next call sleeps at once (a client of long calls
+    does not burn a spin of CPU on each); a quick answer turns the spin back on."""
+    client = Client(remote.client().url, remote.client().api_key, timeout=60, spin_us=1000)
+    try:
+        conn = client.connection()
+        channel = conn.rpc._channel
+        index = conn.new("IndexFlatL2", (dataset.d,), {})
+        big = np.tile(dataset.xb, (20, 1))
+        index.add(big)
+        assert index.ntotal == len(big)  # a quick answer
+        assert channel.brisk
+        started = time.monotonic()
+        index.search(big[:2000], 10)  # ~0.1-1 s: far beyond the 1 ms spin
+        assert time.monotonic() - started > 0.001
+        assert not channel.brisk
+        assert index.ntotal == len(big)  # a quick answer
+        assert channel.brisk
+    finally:
+        client.close()

@@ -336,6 +336,7 @@ _ROOT_NAMES = (
     "fast_operation",
     "op_call",
     "_invoke",
+    "settle",
 )
 
 
@@ -345,7 +346,7 @@ def test_raw_rpyc_on_the_session_root_is_refused(remote: ModuleType) -> None:
     for name in _ROOT_NAMES:
         with pytest.raises(AttributeError, match="access denied"):
             rpc.sync_request(consts.HANDLE_GETATTR, root, name)
-    for name in ("exposed_call", "__init__", "_invoke", "_rpyc_getattr", "__reduce_ex__", "fast_operation"):
+    for name in ("exposed_call", "__init__", "_invoke", "_rpyc_getattr", "__reduce_ex__", "fast_operation", "settle"):
         with pytest.raises(AttributeError, match="access denied"):
             rpc.sync_request(consts.HANDLE_CALLATTR, root, name, (), ())
     with pytest.raises(AttributeError, match="access denied"):

@@ -106,3 +106,25 @@ def test_frame_over_the_limit_closes_without_allocating() -> None:
     with pytest.raises(ProtocolError, match=r"malformed frame header|exceeds"):
         rx.recv()
     assert rx.closed
+
+
+def test_spin_recv_picks_up_data_times_out_and_gives_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from faiss_proxy import _transport
+
+    tx, rx = _pair()
+    with monkeypatch.context() as m:  # an idle machine: nobody takes the CPU during a yield
+        m.setattr(_transport, "_PREEMPTED", 10.0)
+        started = time.perf_counter()
+        assert rx.spin_recv(0.005) is False  # nothing came: gives up after the spin
+        assert time.perf_counter() - started >= 0.005
+    tx.sock.sendall(b"x")
+    assert rx.spin_recv(1.0) is True  # data: at once
+    assert rx.spin_recv(1.0) is True  # still buffered, not read again
+    # Another thread takes the CPU during a yield: stop spinning long before the deadline.
+    monkeypatch.setattr(_transport, "_yield", lambda: time.sleep(0.001))
+    tx2, rx2 = _pair()
+    started = time.perf_counter()
+    assert rx2.spin_recv(5.0) is False
+    assert time.perf_counter() - started < 1.0
