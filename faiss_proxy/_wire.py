@@ -151,8 +151,9 @@ def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
     if type(buf) is not np.ndarray or buf.dtype is not _UINT8 or buf.ndim != 1:
         raise TypeError("refused array payload: not a raw buffer")
     expected = math.prod(shape) * dt.itemsize
-    if math.prod(n for n in shape if n) * dt.itemsize >= _MAX_ARRAY_BYTES:
-        # numpy refuses such a shape even when a 0 makes the array empty
+    if expected == 0 and math.prod(n for n in shape if n) * dt.itemsize >= _MAX_ARRAY_BYTES:
+        # numpy refuses such a shape even when a 0 makes the array empty (a shape
+        # without a 0 fails the size check below: no buffer is that large)
         raise ValueError(f"refused array shape {shape!r}: larger than any array can be")
     if expected != buf.nbytes:
         raise ValueError(f"refused array: shape {shape} of {dt} needs {expected} bytes, got {buf.nbytes}")

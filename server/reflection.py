@@ -561,6 +561,8 @@ class Reflection:
         ``(id(argument), position)`` so that a result which *is* a caller's array
         (``search(..., D=D, I=I)``) comes back as a reference to it; ``origin``
         ``(named index, path)`` marks a returned object as part of a named index."""
+        if type(value) is tuple:  # first: the (D, I) of a search is the hot case
+            return [w.TUP, *[self.encode(v, out, keep, seen) for v in value]]
         if type(value) in _PLAIN:
             if type(value) is bytes:
                 return out.raw(value)
@@ -568,14 +570,14 @@ class Reflection:
                 raise TypeError("complex results are not returned")
             return value
         if isinstance(value, np.ndarray):
-            for ident, position in seen:
-                if ident == id(value):
-                    return [w.ARG, position]
+            if seen:
+                ident = id(value)
+                for known, position in seen:
+                    if known == ident:
+                        return [w.ARG, position]
             return out.array(value)  # refuses object and other non-numeric dtypes
         if isinstance(value, np.generic):
             return out.scalar(value)
-        if type(value) is tuple:
-            return [w.TUP, *(self.encode(v, out, keep, seen) for v in value)]
         if type(value) is list:
             return [w.LST, *(self.encode(v, out, keep, seen) for v in value)]
         if type(value) is dict:

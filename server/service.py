@@ -303,7 +303,11 @@ class FaissService:
             raise TypeError(f"'{type(method).__name__}' object is not callable")
         if target.named is not None:
             return self._named_call(target, name, method, tree, buffers, refs)
-        if _named_of(tuple(r for r in refs if r is not target)) is not None and name not in READ_METHODS:
+        if (
+            len(refs) > 1
+            and _named_of(tuple(r for r in refs if r is not target)) is not None
+            and name not in READ_METHODS
+        ):
             raise ValueError(
                 f"a named index cannot be passed to {type(obj).__name__}.{name}(): it could then change without "
                 "being logged; use faiss.clone_index(index) for a private copy"
