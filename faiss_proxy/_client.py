@@ -430,8 +430,9 @@ class Client:
         self.max_message = max_message_mb * 1024 * 1024
         # Busy-wait this long for a reply before sleeping: a single query's reply
         # is then picked up without a scheduler wake-up, and this process's caches
-        # stay warm (together 50-100 µs on a VM).  The wait yields the CPU to anyone
-        # who wants it, and after a call that outlasted it the next call sleeps at once.
+        # stay warm (together 50-100 µs on a VM).  The wait ends when the scheduler
+        # gives the CPU to another thread, and after a call that outlasted it the next
+        # call sleeps at once.
         self.spin_us = max(0.0, float(spin_us))
         self._lock = threading.RLock()
         self._conn: Connection | None = None

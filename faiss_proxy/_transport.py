@@ -95,7 +95,7 @@ def next_wire_number() -> int:
 
 
 _yield = getattr(os, "sched_yield", lambda: None)
-_PREEMPTED = 50e-6  # a sched_yield that returns later than this let another thread run
+_PREEMPTED = 50e-6  # a try that took longer than this was preempted: another thread ran
 
 
 class ProtocolError(EOFError):
@@ -163,21 +163,24 @@ class FrameChannel:
             left = (timeout if isinstance(timeout, Timeout) else Timeout(timeout)).timeleft()
         return bool(self._poller.poll(None if left is None else max(0, int(left * 1000))))
 
-    def spin_recv(self, seconds: float) -> bool:
+    def spin_recv(self, seconds: float, give_way: bool = False) -> bool:
         """Busy-wait up to ``seconds`` for data (no sleep, no wake-up); True when
         some is buffered.
 
         A message that arrives within a few hundred microseconds is picked up at
         once instead of after the scheduler wakes this thread (15-50 µs on a VM,
         paid again in the sender's ``send``); longer waits fall through to a
-        blocking read or poll.  The spin yields the CPU between tries and stops as
-        soon as another thread took it (the machine is busy: spinning would only
-        steal CPU from the work being waited for).  Not for TLS sockets (no
-        ``MSG_DONTWAIT`` reads)."""
+        blocking read or poll.  The spin stops as soon as the scheduler gave this
+        CPU to another thread (the machine is busy: spinning would only steal CPU
+        from the work being waited for); with ``give_way`` it also yields the CPU
+        between tries, so that happens at once.  (The worker's spins give way; the
+        client's do not: on this VM a yielding client picked its replies up
+        40-60 µs later.)  Not for TLS sockets (no ``MSG_DONTWAIT`` reads)."""
         if self._end > self._start:
             return True
         self._start = self._end = 0
-        deadline = time.perf_counter() + seconds
+        last = time.perf_counter()
+        deadline = last + seconds
         view = self._view[self._end :]
         while True:
             try:
@@ -185,13 +188,11 @@ class FrameChannel:
                 return True
             except BlockingIOError:
                 now = time.perf_counter()
-                if now > deadline:
-                    return False
-                # Give way to any other thread that wants this CPU; if one took it,
-                # the machine is busy and a sleeping wait costs nobody anything.
-                _yield()
-                if time.perf_counter() - now > _PREEMPTED:
-                    return False
+                if now > deadline or now - last > _PREEMPTED:
+                    return False  # (preempted: another thread had the CPU; wait asleep instead)
+                last = now
+                if give_way:
+                    _yield()  # to any other thread that wants this CPU
 
     def recv(self) -> bytes:
         self._local.attachments = ()  # drop the previous frame's buffers first
@@ -669,7 +670,7 @@ class ServerConnection(FramedConnection):
                         if answered and spin > 0:
                             if brisk:
                                 try:
-                                    brisk = channel.spin_recv(spin)
+                                    brisk = channel.spin_recv(spin, give_way=True)
                                 except EOFError:  # closed: read() below says so
                                     brisk = True
                             if not brisk:  # about to sleep: time the client's pause

@@ -117,7 +117,7 @@ def test_spin_recv_picks_up_data_times_out_and_gives_way(monkeypatch: pytest.Mon
     with monkeypatch.context() as m:  # an idle machine: nobody takes the CPU during a yield
         m.setattr(_transport, "_PREEMPTED", 10.0)
         started = time.perf_counter()
-        assert rx.spin_recv(0.005) is False  # nothing came: gives up after the spin
+        assert rx.spin_recv(0.005, give_way=True) is False  # nothing came: gives up after the spin
         assert time.perf_counter() - started >= 0.005
     tx.sock.sendall(b"x")
     assert rx.spin_recv(1.0) is True  # data: at once
@@ -126,5 +126,5 @@ def test_spin_recv_picks_up_data_times_out_and_gives_way(monkeypatch: pytest.Mon
     monkeypatch.setattr(_transport, "_yield", lambda: time.sleep(0.001))
     tx2, rx2 = _pair()
     started = time.perf_counter()
-    assert rx2.spin_recv(5.0) is False
+    assert rx2.spin_recv(5.0, give_way=True) is False
     assert time.perf_counter() - started < 1.0
