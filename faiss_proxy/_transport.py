@@ -174,8 +174,9 @@ class FrameChannel:
         CPU to another thread (the machine is busy: spinning would only steal CPU
         from the work being waited for); with ``give_way`` it also yields the CPU
         between tries, so that happens at once.  (The worker's spins give way; the
-        client's do not: on this VM a yielding client picked its replies up
-        40-60 µs later.)  Not for TLS sockets (no ``MSG_DONTWAIT`` reads)."""
+        client's do not: a yielding client measured no faster, and in one of two
+        comparisons on this VM 40-60 µs slower.)  Not for TLS sockets (no
+        ``MSG_DONTWAIT`` reads)."""
         if self._end > self._start:
             return True
         self._start = self._end = 0
