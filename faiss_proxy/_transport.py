@@ -580,15 +580,16 @@ class ClientConnection(FramedConnection):
         return _OpaqueRef(self, id_pack)
 
 
-def _nothing() -> None:
+def _nothing(ok: bool = True) -> None:
     pass
 
 
 class ServerConnection(FramedConnection):
     """The worker's end of a session; :meth:`serve_session` runs it to the end.
 
-    After each answer it calls the service's ``settle()``, if it has one: the
-    place for bookkeeping that need not delay the answer."""
+    After each answer it calls the service's ``settle(ok)``, if it has one: the
+    place for bookkeeping that need not delay the answer (``ok`` is False when an
+    error went back instead)."""
 
     _settle: Any = staticmethod(_nothing)
 
@@ -736,7 +737,7 @@ class ServerConnection(FramedConnection):
             attachments = _attachments(out_buffers)
         except Exception as exc:
             self._reply_fast_error(seq, exc)
-            self._settle()
+            self._settle(False)
             return
         try:
             self._send_raw(meta, attachments)
@@ -766,7 +767,7 @@ class ServerConnection(FramedConnection):
             boxed = self._box_into(res, attachments)
         except Exception:
             self._reply_exception(seq)
-            self._settle()
+            self._settle(False)
             return
         try:
             self._send(consts.MSG_REPLY, seq, boxed, attachments)

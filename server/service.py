@@ -206,20 +206,21 @@ class FaissService:
     def __hash__(self) -> int:
         return hash(self.wire_number)
 
-    def settle(self) -> None:
+    def settle(self, ok: bool = True) -> None:
         """Count the call this thread has just answered.
 
         The transport calls this once the answer is sent, so the bookkeeping of a
-        successful call (session count, metrics, the in-flight count a graceful
-        stop waits on) is not part of the client's wait.  Failed calls are counted
-        at once."""
+        call that worked (session count, metrics, the in-flight count a graceful
+        stop waits on) is not part of the client's wait.  ``ok`` is False when the
+        call worked but its result could not be sent, and an error went back
+        instead.  Calls that raised are counted at once."""
         done = getattr(self._answered, "call", None)
         if done is None:
             return
         self._answered.call = None
-        self.stats.count(True)
+        self.stats.count(ok)
         if self.op_stats is not None:
-            self.op_stats.record(done[0], done[1], True)
+            self.op_stats.record(done[0], done[1], ok)
 
     # rpyc protocol hooks ------------------------------------------------------------
     def on_connect(self, conn: Any) -> None:

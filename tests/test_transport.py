@@ -128,3 +128,49 @@ def test_spin_recv_picks_up_data_times_out_and_gives_way(monkeypatch: pytest.Mon
     started = time.perf_counter()
     assert rx2.spin_recv(5.0, give_way=True) is False
     assert time.perf_counter() - started < 1.0
+
+
+def test_the_service_counts_a_call_after_its_answer_went_out() -> None:
+    """``settle(ok)`` runs after the answer is sent: ok for an answer, not ok when the
+    call worked but its result could not be sent (the client gets the error)."""
+    from faiss_proxy._transport import ClientConnection, ServerConnection, client_config, server_config
+
+    class Service:
+        def __init__(self) -> None:
+            self.settled: list[bool] = []
+            self.pending = False
+
+        def fast_operation(self, op: str) -> Any:
+            def handler(target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Any:
+                self.pending = True  # the call worked
+                return ([tree, []] if op == "echo" else [{1, 2}, []]), (), ()  # a set is no JSON
+
+            return handler
+
+        def on_connect(self, conn: Any) -> None:
+            pass
+
+        def on_disconnect(self, conn: Any) -> None:
+            pass
+
+        def settle(self, ok: bool = True) -> None:
+            if self.pending:
+                self.settled.append(ok)
+                self.pending = False
+
+    a, b = socket.socketpair()
+    service = Service()
+    server = ServerConnection(service, FrameChannel(b), server_config("t"))
+    serving = threading.Thread(target=server.serve_session, args=(1,), daemon=True)
+    serving.start()
+    client = ClientConnection(FrameChannel(a), client_config(10))
+    try:
+        tree, buffers, refs = client.fast_request("echo", "x", None, [1, "two"], (), ())
+        assert tree == [[1, "two"], []]
+        with pytest.raises(TypeError):
+            client.fast_request("broken", "x", None, None, (), ())
+        client.fast_request("echo", "x", None, 3, (), ())  # the session goes on
+        assert service.settled == [True, False, True]
+    finally:
+        client._channel.close()
+        serving.join(5)
