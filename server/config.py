@@ -26,6 +26,8 @@ class Setting:
     type: type
     default: Any
     help: str
+    #: Allowed range ``(low, high)`` of a numeric setting; None: any value of the type.
+    limits: tuple[float, float] | None = None
 
     @property
     def flag(self) -> str:
@@ -74,7 +76,8 @@ SETTINGS: tuple[Setting, ...] = (
         float,
         200.0,
         "Microseconds a session thread busy-waits for a client's next call after answering one, before it sleeps "
-        "(only while that client calls back within this time; saves a wake-up per call). 0: never.",
+        "(only while that client calls back within this time; saves a wake-up per call). 0: never; at most 100000.",
+        limits=(0, 100_000),
     ),
     Setting("omp_threads", int, 0, "OpenMP threads a worker uses for batch calls; 0 uses all cores."),
     Setting(
@@ -213,9 +216,13 @@ class Settings:
 
 def _convert(setting: Setting, raw: str) -> Any:
     try:
-        return setting.type(raw)
+        value = setting.type(raw)
     except ValueError as exc:
         raise SystemExit(f"invalid value {raw!r} for {setting.env}/{setting.flag}: {exc}") from exc
+    if setting.limits is not None and not setting.limits[0] <= value <= setting.limits[1]:
+        low, high = setting.limits
+        raise SystemExit(f"invalid value {raw!r} for {setting.env}/{setting.flag}: must be between {low} and {high}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:

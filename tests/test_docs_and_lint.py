@@ -33,6 +33,12 @@ def test_settings_precedence() -> None:
     assert load_settings(None, {}).host == "127.0.0.1"
     with pytest.raises(SystemExit, match="FAISS_PROXY_PORT"):
         load_settings(None, {"FAISS_PROXY_PORT": "eighty"})
+    # A range is checked where a setting has one (a spin of minutes would burn a core).
+    assert load_settings(argparse.Namespace(session_spin_us="0"), {}).session_spin_us == 0
+    with pytest.raises(SystemExit, match=r"--session-spin-us: must be between 0 and 100000"):
+        load_settings(argparse.Namespace(session_spin_us="1e9"), {})
+    with pytest.raises(SystemExit, match="FAISS_PROXY_SESSION_SPIN_US"):
+        load_settings(None, {"FAISS_PROXY_SESSION_SPIN_US": "-1"})
 
 
 def test_readme_two_commands_match_ci() -> None:
