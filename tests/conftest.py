@@ -116,7 +116,13 @@ class LiveServer:
         return result
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(20)
+        # A graceful stop may take up to the server's own shutdown_timeout (30 s by
+        # default) before it kills what is left; wait that long, and say when it did.
+        started = time.monotonic()
+        limit = self.server.settings.shutdown_timeout + 15
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(limit)
+        if time.monotonic() - started > 10:
+            sys.stderr.write(f"LiveServer.stop took {time.monotonic() - started:.1f} s\n")
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
