@@ -197,7 +197,6 @@ class FaissService:
         self.stats = SessionStats()
         self._fast_ops: dict[str, Callable[..., Reply]] = {op: getattr(self, "op_" + op) for op in _FAST}
         self.wire_number = next_wire_number()  # names the session's root to the client
-
         self._answered = threading.local()  # per session thread: the call to count in settle()
 
     def __repr__(self) -> str:
