@@ -130,6 +130,34 @@ def test_spin_recv_picks_up_data_times_out_and_gives_way(monkeypatch: pytest.Mon
     assert time.perf_counter() - started < 1.0
 
 
+def test_spin_recv_without_yielding_rides_out_short_gaps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spin that does not yield (the client's) keeps spinning through gaps of 100 µs
+    (interrupts, the hypervisor: a VM has them all the time) and stops at the first
+    gap of a millisecond (another thread had this CPU); a yielding spin (the
+    worker's) stops at a 100 µs gap, since its yield let another thread run."""
+    import types
+
+    from faiss_proxy import _transport
+
+    class Clock:
+        """Every reading is ``step`` seconds after the previous one."""
+
+        def __init__(self, step: float) -> None:
+            self.now, self.step = 0.0, step
+
+        def perf_counter(self) -> float:
+            self.now += self.step
+            return self.now
+
+    _tx, rx = _pair()
+    for step, give_way, spins_to_the_deadline in ((100e-6, False, True), (1e-3, False, False), (100e-6, True, False)):
+        clock = Clock(step)
+        monkeypatch.setattr(_transport, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+        monkeypatch.setattr(_transport, "_yield", lambda: None)
+        assert rx.spin_recv(0.05, give_way=give_way) is False  # nothing comes
+        assert (clock.now >= 0.05) is spins_to_the_deadline, (step, give_way, clock.now)
+
+
 def test_the_service_counts_a_call_after_its_answer_went_out() -> None:
     """``settle(ok)`` runs after the answer is sent: ok for an answer, not ok when the
     call worked but its result could not be sent (the client gets the error)."""
