@@ -81,13 +81,32 @@ class WorkerProcess:
 #: What a worker inherits of the gateway's environment: how to run Python and its
 #: native libraries, nothing else.  Secrets (FAISS_PROXY_ADMIN_PASSWORD, the metrics
 #: token, cloud credentials of the host) stay out of a process that runs tenants' calls.
-_WORKER_ENV_NAMES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "HOME", "LD_LIBRARY_PATH", "VIRTUAL_ENV"})
+_WORKER_ENV_NAMES = frozenset(
+    {"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "HOME", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "GLIBC_TUNABLES"}
+)
 _WORKER_ENV_PREFIXES = ("LC_", "PYTHON", "OMP_", "GOMP_", "KMP_", "OPENBLAS_", "MKL_", "MALLOC_", "FAISS_OPT_LEVEL")
 
 
 def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The allow-listed part of ``environ`` that a tenant worker is started with."""
     return {k: v for k, v in environ.items() if k in _WORKER_ENV_NAMES or k.startswith(_WORKER_ENV_PREFIXES)}
+
+
+#: glibc's malloc then madvises its large mappings (index storage, numpy arrays) with
+#: MADV_HUGEPAGE, which the kernel honours in THP mode ``madvise`` (the usual default).
+_HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def with_huge_pages(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with glibc's huge-page tunable added, unless the operator set one.
+
+    A flat scan of 100k x 128 floats (51 MB) then walks 25 huge pages instead of
+    12,500 small ones: 1.9 -> 1.7 ms on the reference VM.  glibc ignores
+    tunables it does not know, other C libraries ignore the variable."""
+    tunables = env.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb=" not in tunables:
+        env["GLIBC_TUNABLES"] = f"{tunables}:{_HUGE_PAGES_TUNABLE}" if tunables else _HUGE_PAGES_TUNABLE
+    return env
 
 
 class DirectSlots:
@@ -280,6 +299,8 @@ class Supervisor:
         # workers of several tenants (and their clients) starve each other.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env["PYTHONUNBUFFERED"] = "1"
+        if s.worker_huge_pages == "on":
+            with_huge_pages(env)
         cmd = [
             sys.executable,
             "-m",

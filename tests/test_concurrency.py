@@ -9,10 +9,12 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pytest
 
 from faiss_proxy._client import Client
+from faiss_proxy_server.supervisor import with_huge_pages, worker_environment
 
-from .conftest import Dataset, start_server
+from .conftest import Dataset, LiveServer, start_server
 from .test_faults import cpu_seconds
 
 
@@ -109,6 +111,43 @@ def test_session_spin_follows_the_client(tmp_path: Path, local_faiss: ModuleType
         client.close()
     finally:
         live.stop()
+
+
+def _anon_huge_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return sum(int(line.split()[1]) * 1024 for line in f if line.startswith("AnonHugePages:"))
+
+
+def test_workers_keep_large_indexes_on_huge_pages(
+    server: LiveServer, tenant: tuple[str, str], remote: ModuleType
+) -> None:
+    """A worker asks glibc to madvise its large allocations for transparent huge pages,
+    so an index's storage sits on 2 MB pages (a scan of 100k x 128 floats: 1.9 ->
+    1.7 ms).  Without the tunable only numpy's own arrays (the receive buffer) get
+    them, about half of what is checked here; the operator's own tunables are kept."""
+    assert with_huge_pages({}) == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert with_huge_pages({"GLIBC_TUNABLES": "glibc.rtld.nns=2"}) == {
+        "GLIBC_TUNABLES": "glibc.rtld.nns=2:glibc.malloc.hugetlb=1"
+    }
+    assert with_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
+    assert worker_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) == {
+        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"
+    }
+
+    index = remote.IndexFlatL2(128)
+    assert index.ntotal == 0  # the worker runs
+    pid = server.worker_pid(tenant[0])
+    assert pid is not None
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in environ
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not mode.exists() or "[never]" in mode.read_text():
+        pytest.skip("transparent huge pages are off in this kernel")
+    before = _anon_huge_bytes(pid)
+    x = np.random.default_rng(0).random((40_000, 128), dtype=np.float32)  # 20 MB
+    index.add(x)
+    grown = _anon_huge_bytes(pid) - before
+    assert grown >= 1.5 * x.nbytes, f"huge pages grew by {grown >> 20} MiB for a {x.nbytes >> 20} MiB add"
 
 
 def test_client_spin_is_skipped_after_a_long_call(remote: ModuleType, dataset: Dataset) -> None:
