@@ -39,6 +39,13 @@ def test_settings_precedence() -> None:
         load_settings(argparse.Namespace(session_spin_us="1e9"), {})
     with pytest.raises(SystemExit, match="FAISS_PROXY_SESSION_SPIN_US"):
         load_settings(None, {"FAISS_PROXY_SESSION_SPIN_US": "-1"})
+    # So are the choices of an on/off setting (a typo must not mean "off").
+    assert load_settings(None, {"FAISS_PROXY_WORKER_HUGE_PAGES": "off"}).worker_huge_pages == "off"
+    assert load_settings(None, {}).worker_huge_pages == "on"
+    with pytest.raises(SystemExit, match=r"FAISS_PROXY_WORKER_HUGE_PAGES/--worker-huge-pages: must be one of on, off"):
+        load_settings(None, {"FAISS_PROXY_WORKER_HUGE_PAGES": "yes"})
+    with pytest.raises(SystemExit, match="--worker-sandbox"):
+        load_settings(argparse.Namespace(worker_sandbox="On"), {})
 
 
 def test_readme_two_commands_match_ci() -> None:
