@@ -75,6 +75,7 @@ import faiss
 import numpy as np
 
 import faiss_proxy
+from faiss_proxy_server.supervisor import with_huge_pages
 
 D = 128
 K = 10
@@ -397,12 +398,9 @@ def run(plan: Plan, url: str) -> bool:
     return all(outcomes)
 
 
-HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
-
-
 def huge_pages_note() -> str:
     """Whether local FAISS here has what the server's workers have by default."""
-    if HUGE_PAGES_TUNABLE in os.environ.get("GLIBC_TUNABLES", ""):
+    if "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", ""):
         return "keeps large allocations on huge pages, as the server's workers do (like for like)"
     return (
         "keeps large allocations on small pages, unlike the server's workers (worker_huge_pages), "
@@ -411,14 +409,15 @@ def huge_pages_note() -> str:
 
 
 def like_for_like(argv: list[str]) -> None:
-    """Re-run this script with glibc's huge-page tunable, as the server starts its workers.
+    """Re-run this script with the environment the server gives its workers'
+    allocator (:func:`with_huge_pages`), unless ``GLIBC_TUNABLES`` already says.
 
     Local FAISS then keeps its index on huge pages too, so the difference measured is
     the proxy's own cost, not the workers' memory tuning (a 100k scan is ~10% faster
     on huge pages).  glibc reads tunables only at start-up, hence the re-exec."""
-    env = dict(os.environ)
-    tunables = env.get("GLIBC_TUNABLES", "")
-    env["GLIBC_TUNABLES"] = f"{tunables}:{HUGE_PAGES_TUNABLE}" if tunables else HUGE_PAGES_TUNABLE
+    env = with_huge_pages(dict(os.environ))
+    if env.get("GLIBC_TUNABLES") == os.environ.get("GLIBC_TUNABLES"):
+        return  # set already (or the caller's own glibc.malloc.hugetlb value)
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], env)
 
@@ -436,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.url) != bool(args.key):
         parser.error("--url and --key go together")
-    if not args.plain_local and HUGE_PAGES_TUNABLE not in os.environ.get("GLIBC_TUNABLES", ""):
+    if not args.plain_local:
         like_for_like(sys.argv[1:] if argv is None else argv)
     plan = QUICK if args.quick else FULL
 
