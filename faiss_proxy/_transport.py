@@ -80,6 +80,9 @@ MAX_ATTACHMENTS = 4096
 DEFAULT_MAX_FRAME = 1 << 30
 _SMALL = 1 << 16
 _SPARE_MAX = 256 << 20  # largest receive buffer a channel keeps for reuse
+#: Plans a session keeps (see ServerConnection), and the longest request they are made for.
+_MAX_PLANS = 64
+_MAX_PLAN_KEY = 2048
 
 
 #: Numbers that name a worker's objects to its peers (in id-packs, and as their
@@ -598,9 +601,26 @@ class ServerConnection(FramedConnection):
 
     After each answer it calls the service's ``settle(ok)``, if it has one: the
     place for bookkeeping that need not delay the answer (``ok`` is False when an
-    error went back instead)."""
+    error went back instead).
+
+    **Plans.**  A client in a loop sends the same request bytes again and again,
+    but for the sequence number and the arrays' contents (``index.search(q, 10)``
+    with a new ``q`` of the same shape).  After a fast request has been answered,
+    the service's ``plan(op, name, target, tree, buffers, refs)``, if it has one,
+    may return a *plan* for it: an object with ``sizes`` (the byte size of each
+    buffer) and a ``__call__(target, buffers)`` that answers the same request,
+    returning a hot operation's reply or, where it can, ``(encoded body,
+    attachments)``.  The session keeps the plans by
+    the request's bytes after the sequence number (at most 64, requests up to
+    2 KiB), and a request with the same bytes and buffer sizes is answered by its
+    plan: no JSON to parse, no tree to decode or encode.  The target is still
+    looked up in the object table per request, so a released object is an error as
+    before, and id-packs are never reused.  (At 100k vectors, where a search
+    leaves the caches cold, parsing, decoding and encoding took 90 µs per call.)
+    """
 
     _settle: Any = staticmethod(_nothing)
+    _plans: dict[bytes, tuple[Any, tuple[Any, ...] | None] | None]  # request bytes: (plan, target's id-pack)
 
     def serve_session(self, threads: int, spin: float = 0.0) -> None:
         """Serve requests with ``threads`` threads, leader/follower style.
@@ -625,6 +645,7 @@ class ServerConnection(FramedConnection):
         """
         read_lock = threading.Lock()
         self._settle = getattr(self._local_root, "settle", None) or _nothing
+        self._plans = {}
         if self._channel._tls:
             spin = 0.0  # no MSG_DONTWAIT reads on an SSL socket
         channel = self._channel
@@ -726,6 +747,15 @@ class ServerConnection(FramedConnection):
         if len(data) < 1 + SEQ.size:
             raise ProtocolError("short fast request")
         (seq,) = SEQ.unpack_from(data, 1)
+        key = data[_TYPE_SEQ.size :]
+        planned = self._plans.get(key)
+        if planned is not None and planned[0].sizes == tuple([b.nbytes for b in buffers]):
+            try:
+                target = None if planned[1] is None else self._local_objects[planned[1]]
+            except KeyError:
+                pass  # released since: the full path below answers the error
+            else:
+                return seq, key, planned[0], None, None, target, None, buffers, ()
         try:
             op, name, target_index, idpacks, tree = unpack_json(memoryview(data)[_TYPE_SEQ.size :])
             refs = tuple(self._local_objects[tuple(p)] for p in idpacks)
@@ -733,17 +763,33 @@ class ServerConnection(FramedConnection):
         except Exception as exc:
             self._reply_fast_error(seq, TypeError(f"malformed request ({type(exc).__name__})"))
             return None
-        return seq, op, name, target, tree, buffers, refs
+        return seq, key, None, op, name, target, tree, buffers, refs
 
     def _execute_fast(
-        self, seq: int, op: Any, name: Any, target: Any, tree: Any, buffers: tuple[Any, ...], refs: tuple[Any, ...]
+        self,
+        seq: int,
+        key: bytes,
+        plan: Any,
+        op: Any,
+        name: Any,
+        target: Any,
+        tree: Any,
+        buffers: tuple[Any, ...],
+        refs: tuple[Any, ...],
     ) -> None:
         try:
-            handler = self._local_root.fast_operation(op)
-            out_tree, out_buffers, out_refs = handler(target, name, tree, buffers, refs)
-            idpacks = [self._box(h)[1] for h in out_refs]
-            meta = _TYPE_SEQ.pack(MSG_FAST_REPLY, seq) + pack_json([out_tree, idpacks])
-            attachments = _attachments(out_buffers)
+            if plan is not None:
+                reply = plan(target, buffers)
+            else:
+                reply = self._local_root.fast_operation(op)(target, name, tree, buffers, refs)
+            if len(reply) == 2:  # a plan's reply, body already encoded
+                meta = _TYPE_SEQ.pack(MSG_FAST_REPLY, seq) + reply[0]
+                attachments = reply[1]
+            else:
+                out_tree, out_buffers, out_refs = reply
+                idpacks = [self._box(h)[1] for h in out_refs]
+                meta = _TYPE_SEQ.pack(MSG_FAST_REPLY, seq) + pack_json([out_tree, idpacks])
+                attachments = _attachments(out_buffers)
         except Exception as exc:
             self._reply_fast_error(seq, exc)
             self._settle(False)
@@ -752,7 +798,24 @@ class ServerConnection(FramedConnection):
             self._send_raw(meta, attachments)
         except EOFError:
             pass
+        if plan is None and key not in self._plans and len(key) <= _MAX_PLAN_KEY:
+            self._learn(key, op, name, target, tree, buffers, refs)
         self._settle()
+
+    def _learn(self, key: bytes, *request: Any) -> None:
+        """Ask the service for a plan of a request that worked (after its answer went
+        out): the next request with the same bytes skips parsing and decoding."""
+        make = getattr(self._local_root, "plan", None)
+        if make is None:
+            return
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()  # a client of ever new requests: start over
+        target = request[2]
+        try:
+            plan = make(*request)
+            self._plans[key] = None if plan is None else (plan, None if target is None else self._id_pack(target))
+        except Exception:
+            self._plans[key] = None
 
     def _reply_fast_error(self, seq: int, exc: Exception) -> None:
         args = [a if type(a) in (str, int, float, bool, type(None)) else str(a) for a in exc.args]

@@ -129,9 +129,9 @@ def _builtin_exception(exc: Exception) -> Exception:
     return RuntimeError(str(exc))
 
 
-def _operation(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _operation(fn: Callable[..., Any], kind: str = "") -> Callable[..., Any]:
     """Count and time the call (session stats, worker metrics); make its exception builtin."""
-    kind = fn.__name__.removeprefix("op_").removeprefix("exposed_")
+    kind = kind or fn.__name__.removeprefix("op_").removeprefix("exposed_")
     named_ops = kind in ("call", "function", "named")
 
     @functools.wraps(fn)
@@ -388,6 +388,89 @@ class FaissService:
         node = self.reflection.encode(named.index, out, keep=(), origin=(named, ()))
         return out.message([node, []])
 
+    # plans: a repeated call decoded once (see faiss_proxy._transport.ServerConnection)
+    def plan(self, op: Any, name: Any, target: Any, tree: Any, buffers: Any, refs: Any) -> CallPlan | None:
+        """A plan for a method call that worked and may come again, or None.
+
+        Planned are calls on an object of the session's own (not part of a named
+        index, whose calls are logged or locked), whose only object is that target,
+        whose arguments are arrays and plain values, and whose arrays faiss only
+        reads (:data:`READ_ONLY_INPUT_METHODS`, no keyword arrays): so a planned
+        call does exactly what :meth:`op_call` would do for the same request,
+        without decoding the request again."""
+        if op != "call" or type(target) is not Handle or target.named is not None or refs != (target,):
+            return None
+        if name not in READ_ONLY_INPUT_METHODS or type(tree) is not list or len(tree) != 2:
+            return None
+        positional, keywords = tree
+        if type(positional) is not list or type(keywords) is not list or type(buffers) is not tuple:
+            return None
+        args: list[Any] = []
+        slots: list[tuple[int, int, np.dtype, tuple[int, ...]]] = []
+        rows = 0
+        for node in positional:
+            if type(node) is list:
+                if not node or node[0] != w.ND:
+                    return None
+                array = w.array_from_buffer(node, buffers)  # validated as op_call would
+                slots.append((len(args), node[3], array.dtype, array.shape))
+                if array.ndim and array.shape[0] > rows:
+                    rows = array.shape[0]
+                args.append(None)
+            elif type(node) in _JSON_SCALARS:
+                args.append(node)
+            else:
+                return None
+        kwargs: dict[str, Any] = {}
+        for pair in keywords:
+            if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str:
+                return None
+            if type(pair[1]) not in _JSON_SCALARS:
+                return None
+            kwargs[pair[0]] = pair[1]
+        if len({index for _, index, _, _ in slots}) != len(slots):
+            return None  # one buffer behind two arguments: op_call decodes it twice
+        sizes = tuple(int(b.nbytes) for b in buffers)
+        return CallPlan(self, name, sizes, tuple(args), tuple(slots), kwargs, rows)
+
+    def _run_plan(self, target: Handle, name: str, plan: CallPlan, buffers: tuple[np.ndarray, ...]) -> Any:
+        obj = target.obj
+        method = checked_method(name, getattr(obj, name))
+        args = list(plan.args)
+        arrays = []
+        for position, index, dtype, shape in plan.slots:
+            array = buffers[index].view(dtype).reshape(shape)
+            args[position] = array
+            arrays.append(array)
+        self.policy.apply_rows(plan.rows)
+        result = method(*args, **plan.kwargs)
+        # The reply: arrays of the shapes the last call returned are encoded once.
+        if type(result) is tuple:
+            shapes = tuple([(r.dtype, r.shape) if type(r) is np.ndarray else None for r in result])
+            results = result
+        elif type(result) is np.ndarray:
+            shapes, results = ((result.dtype, result.shape),), (result,)
+        else:
+            shapes, results = None, ()
+        known = plan.reply  # one read: another thread may replace it meanwhile
+        if shapes is not None and shapes == known[0]:
+            return known[1], list(results)
+        out = w.Packer()
+        seen = [(id(a), p) for a, (p, _, _, _) in zip(arrays, plan.slots, strict=True)]
+        node = self.reflection.encode(result, out, keep=(obj,), seen=seen)
+        reply = out.message([node, []])
+        if (
+            shapes is not None
+            and None not in shapes
+            and not out.refs
+            and len(out.buffers) == len(results)
+            and all(type(b) is w.Blob and b.array is r for b, r in zip(out.buffers, results, strict=True))
+        ):
+            plan.reply = (shapes, w.pack_json([reply[0], []]))
+        return reply
+
+    op_planned_call = _operation(_run_plan, kind="call")
+
     def _named_call(self, target: Handle, name: str, method: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
         named: NamedIndex = target.named
         if name in READ_METHODS:
@@ -502,6 +585,38 @@ class FaissService:
 
 
 _NO_LOCK = contextlib.nullcontext()
+_JSON_SCALARS = (type(None), bool, int, float, str)
+
+
+class CallPlan:
+    """A method call of a session, decoded once (:meth:`FaissService.plan`): the
+    positional arguments with the arrays' places left open, and the encoded reply
+    of the result shapes seen last."""
+
+    __slots__ = ("args", "kwargs", "name", "reply", "rows", "service", "sizes", "slots")
+
+    def __init__(
+        self,
+        service: FaissService,
+        name: str,
+        sizes: tuple[int, ...],
+        args: tuple[Any, ...],
+        slots: tuple[tuple[int, int, np.dtype, tuple[int, ...]], ...],
+        kwargs: dict[str, Any],
+        rows: int,
+    ) -> None:
+        self.service = service
+        self.name = name
+        self.sizes = sizes
+        self.args = args
+        self.slots = slots  # (argument position, buffer index, dtype, shape)
+        self.kwargs = kwargs
+        self.rows = rows
+        # The shapes of the result seen last and its encoded reply body, as one value.
+        self.reply: tuple[tuple[Any, ...] | None, bytes] = (None, b"")
+
+    def __call__(self, target: Handle, buffers: tuple[np.ndarray, ...]) -> Any:
+        return self.service.op_planned_call(target, self.name, self, buffers)
 
 
 def _named_of(refs: Any) -> tuple[NamedIndex, tuple[Any, ...]] | None:

@@ -18,6 +18,7 @@ allocation, slow close after a malformed message).
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import socket
@@ -997,3 +998,39 @@ def test_other_sessions_objects_are_unreachable_in_the_same_worker(server: Any, 
     finally:
         first.close()
         second.close()
+
+
+def test_a_planned_request_is_checked_as_the_first_one(remote: ModuleType) -> None:
+    """The worker answers a repeated request from a plan (see faiss_proxy._transport).
+    Sent again with other buffer sizes, or naming an object released since, it is
+    refused exactly as the first request would be."""
+    c = _conn(remote)
+    index = c.new("IndexFlatL2", (8,), {})
+    index.add(X8)
+    ref = _ref(index)
+    pack = ref.____id_pack__
+
+    def search(target: Any, q: np.ndarray) -> Any:
+        tree = [[["\x00nd", "<f4", [1, 8], 0], 3], []]
+        return c.fast("call", "search", target, tree, (wire.Blob(q),), ())
+
+    for i in range(3):  # planned from the second call
+        (node, _), buffers, _ = search(ref, X8[i : i + 1])
+        assert len(buffers) == 2
+        labels = np.frombuffer(bytes(buffers[1]), dtype="int64")
+        assert labels[0] == i  # its own vector is the nearest
+    with pytest.raises(ValueError, match="needs 32 bytes, got 64"):
+        search(ref, X8[:2])  # the same header, twice the bytes
+    with pytest.raises(ValueError, match="needs 32 bytes, got 16"):
+        search(ref, X8[0, :4].copy())
+    (node, _), buffers, _ = search(ref, X8[5:6])  # the plan still answers
+    assert np.frombuffer(bytes(buffers[1]), dtype="int64")[0] == 5
+
+    del index, ref
+    gc.collect()  # the client releases the object (HANDLE_DEL) ...
+    assert c.new("IndexFlatL2", (8,), {}).ntotal == 0  # ... before this call is answered
+    forged = _OpaqueRef(c.rpc, pack)
+    forged.____refcount__ = 0
+    with pytest.raises(TypeError, match="malformed request"):
+        search(forged, X8[:1])
+    _assert_serving(remote)

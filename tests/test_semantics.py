@@ -167,3 +167,60 @@ def test_reply_wait_with_and_without_spinning(server: LiveServer, tenant: tuple[
     for _ in range(5):
         assert index.search(x[:3], 1)[1].ravel().tolist() == [0, 1, 2]
     c.close()
+
+
+# --- repeated calls: the worker answers them from a plan ---------------------------------
+def test_repeated_calls_equal_local_faiss(remote: ModuleType, local_faiss: ModuleType, dataset: Dataset) -> None:
+    """From its second time, the worker answers a request it has seen (same bytes but
+    for the arrays' contents) from a plan; whatever changes between calls, each
+    answer must be local faiss's."""
+    r, lo = remote.IndexFlatL2(dataset.d), local_faiss.IndexFlatL2(dataset.d)
+    r.add(dataset.xb)
+    lo.add(dataset.xb)
+
+    def same(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        D, I = r.search(q, k)
+        Dl, Il = lo.search(q, k)
+        np.testing.assert_array_equal(I, Il)
+        np.testing.assert_allclose(D, Dl, rtol=1e-5)
+        assert D.flags.writeable and I.flags.writeable
+        return D, I
+
+    answers = [same(dataset.xq[i : i + 1], 5) for i in range(6)]  # one shape: planned from the 2nd
+    for i, (D, I) in enumerate(answers):  # no answer shares memory with a later one
+        Dl, Il = lo.search(dataset.xq[i : i + 1], 5)
+        np.testing.assert_array_equal(I, Il)
+        np.testing.assert_allclose(D, Dl, rtol=1e-5)
+    # other shapes and k, then the first shape again
+    for q, k in ((dataset.xq[:3], 5), (dataset.xq[:1], 7), (dataset.xq[:1], 5), (dataset.xq[:3], 5)):
+        same(q, k)
+    # the index changes between planned calls
+    for _ in range(2):
+        r.add(dataset.xb[:10])
+        lo.add(dataset.xb[:10])
+        same(dataset.xq[:1], 5)
+    assert r.ntotal == lo.ntotal
+    r.reset()
+    lo.reset()
+    D, I = same(dataset.xq[:1], 5)
+    assert (I == -1).all()
+
+
+def test_a_planned_call_that_starts_failing_raises_as_faiss_does(
+    remote: ModuleType, local_faiss: ModuleType, dataset: Dataset
+) -> None:
+    results = {}
+    for name, faiss in (("remote", remote), ("local", local_faiss)):
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dataset.d), dataset.d, 8)
+        index.train(dataset.xt)
+        for _ in range(3):  # planned from the second call
+            index.add(dataset.xb[:10])
+        index.is_trained = False
+        with pytest.raises(RuntimeError) as failed:
+            index.add(dataset.xb[:10])
+        with pytest.raises(RuntimeError):
+            index.add(dataset.xb[:10])  # and again: the plan survives the error
+        results[name] = (index.ntotal, str(failed.value))
+    assert results["remote"][0] == results["local"][0] == 30
+    assert "'is_trained' failed" in results["remote"][1]
+    assert results["remote"][1] == results["local"][1]

@@ -202,3 +202,76 @@ def test_the_service_counts_a_call_after_its_answer_went_out() -> None:
     finally:
         client._channel.close()
         serving.join(5)
+
+
+def test_a_repeated_request_is_answered_by_the_services_plan() -> None:
+    """After a fast request worked, the service may plan it; the same request bytes
+    (but for the sequence number) with the same buffer sizes then go to the plan,
+    anything else to the full path.  A plan may answer with an encoded body."""
+    from faiss_proxy._transport import ClientConnection, ServerConnection, client_config, server_config
+    from faiss_proxy._wire import Blob, pack_json
+
+    class Plan:
+        def __init__(self, sizes: tuple[int, ...]) -> None:
+            self.sizes = sizes
+            self.calls = 0
+
+        def __call__(self, target: Any, buffers: Any) -> Any:
+            self.calls += 1
+            if self.calls == 1:  # a reply to encode, as a handler gives
+                return ["planned", []], tuple(Blob(x) for x in buffers), ()
+            return pack_json([["planned-encoded", []], []]), [buffers[0] * 2]
+
+    class Service:
+        def __init__(self) -> None:
+            self.full: list[Any] = []
+            self.plans: list[Plan] = []
+
+        def fast_operation(self, op: str) -> Any:
+            def handler(target: Any, name: Any, tree: Any, buffers: Any, refs: Any) -> Any:
+                self.full.append(tree)
+                if tree == "fail":
+                    raise ValueError("no")
+                return [tree, []], tuple(Blob(x) for x in buffers), ()
+
+            return handler
+
+        def plan(self, op: Any, name: Any, target: Any, tree: Any, buffers: Any, refs: Any) -> Any:
+            if tree == "unplanned":
+                return None
+            self.plans.append(Plan(tuple(b.nbytes for b in buffers)))
+            return self.plans[-1]
+
+        def on_connect(self, conn: Any) -> None:
+            pass
+
+        def on_disconnect(self, conn: Any) -> None:
+            pass
+
+    a, b = socket.socketpair()
+    service = Service()
+    server = ServerConnection(service, FrameChannel(b), server_config("t"))
+    serving = threading.Thread(target=server.serve_session, args=(1,), daemon=True)
+    serving.start()
+    client = ClientConnection(FrameChannel(a), client_config(10))
+    four = np.arange(4, dtype=np.uint8)
+    try:
+
+        def call(tree: Any, data: np.ndarray = four) -> Any:
+            out, buffers, _ = client.fast_request("call", "m", None, tree, (Blob(data),), ())
+            return out, [bytes(x) for x in buffers]
+
+        assert call("t") == (["t", []], [bytes(four)])  # full path, then planned
+        assert call("t", four + 1) == (["planned", []], [bytes(four + 1)])
+        assert call("t", four + 2) == (["planned-encoded", []], [bytes((four + 2) * 2)])
+        assert call("t", np.arange(5, dtype=np.uint8))[0] == ["t", []]  # another size: full path
+        assert call("unplanned") == call("unplanned") == (["unplanned", []], [bytes(four)])
+        with pytest.raises(ValueError):
+            call("fail")
+        with pytest.raises(ValueError):
+            call("fail")  # a failed request is never planned
+        assert service.full == ["t", "t", "unplanned", "unplanned", "fail", "fail"]
+        assert [p.calls for p in service.plans] == [2]  # one plan per request: the 4-byte one
+    finally:
+        client._channel.close()
+        serving.join(5)
