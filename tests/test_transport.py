@@ -158,10 +158,20 @@ def test_spin_recv_without_yielding_rides_out_short_gaps(monkeypatch: pytest.Mon
         assert (clock.now >= 0.05) is spins_to_the_deadline, (step, give_way, clock.now)
 
 
+def _session(service: Any) -> tuple[Any, threading.Thread]:
+    """A client connection to ``service`` served by a ServerConnection on a thread."""
+    from faiss_proxy._transport import ClientConnection, ServerConnection, client_config, server_config
+
+    a, b = socket.socketpair()
+    server = ServerConnection(service, FrameChannel(b), server_config("t"))
+    serving = threading.Thread(target=server.serve_session, args=(1,), daemon=True)
+    serving.start()
+    return ClientConnection(FrameChannel(a), client_config(10)), serving
+
+
 def test_the_service_counts_a_call_after_its_answer_went_out() -> None:
     """``settle(ok)`` runs after the answer is sent: ok for an answer, not ok when the
     call worked but its result could not be sent (the client gets the error)."""
-    from faiss_proxy._transport import ClientConnection, ServerConnection, client_config, server_config
 
     class Service:
         def __init__(self) -> None:
@@ -186,12 +196,8 @@ def test_the_service_counts_a_call_after_its_answer_went_out() -> None:
                 self.settled.append(ok)
                 self.pending = False
 
-    a, b = socket.socketpair()
     service = Service()
-    server = ServerConnection(service, FrameChannel(b), server_config("t"))
-    serving = threading.Thread(target=server.serve_session, args=(1,), daemon=True)
-    serving.start()
-    client = ClientConnection(FrameChannel(a), client_config(10))
+    client, serving = _session(service)
     try:
         tree, buffers, refs = client.fast_request("echo", "x", None, [1, "two"], (), ())
         assert tree == [[1, "two"], []]
@@ -208,7 +214,6 @@ def test_a_repeated_request_is_answered_by_the_services_plan() -> None:
     """After a fast request worked, the service may plan it; the same request bytes
     (but for the sequence number) with the same buffer sizes then go to the plan,
     anything else to the full path.  A plan may answer with an encoded body."""
-    from faiss_proxy._transport import ClientConnection, ServerConnection, client_config, server_config
     from faiss_proxy._wire import Blob, pack_json
 
     class Plan:
@@ -248,12 +253,8 @@ def test_a_repeated_request_is_answered_by_the_services_plan() -> None:
         def on_disconnect(self, conn: Any) -> None:
             pass
 
-    a, b = socket.socketpair()
     service = Service()
-    server = ServerConnection(service, FrameChannel(b), server_config("t"))
-    serving = threading.Thread(target=server.serve_session, args=(1,), daemon=True)
-    serving.start()
-    client = ClientConnection(FrameChannel(a), client_config(10))
+    client, serving = _session(service)
     four = np.arange(4, dtype=np.uint8)
     try:
 
