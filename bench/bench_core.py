@@ -26,10 +26,13 @@ Each metric is taken for three configurations:
    ``faiss_proxy.configure(...)``; every call is a round trip to the tenant's worker.
 
 The single-query p50/p99 of local FAISS (1 thread) and of the proxy are measured in
-alternating rounds (local block, proxy block, each after its own warm-up) and pooled:
-the host's speed drifts by a third within minutes on a shared VM, and two blocks
-measured a minute apart would compare two different machines.  The figures of the
-default-thread configuration come from one block of their own.
+20 alternating rounds (a local block and a proxy block of 50 queries, each after its
+own warm-up) and pooled: the host's speed drifts by a third within minutes on a shared
+VM, and two blocks measured a minute apart would compare two different machines.  The
+vCPUs are not equally fast either, so when the script started the server itself, each
+round pins this process to one of two CPUs and the worker to the other, and the next
+round swaps them: local FAISS and the worker's search each run on each CPU equally
+often.  The figures of the default-thread configuration come from one block of their own.
 
 The server's workers keep large allocations on transparent huge pages
 (``worker_huge_pages``, on by default), which makes a 100k scan ~10% faster than in a
@@ -104,8 +107,8 @@ class Plan:
     rounds: int
 
 
-FULL = Plan(sizes=(10_000, 100_000), queries=1000, warmup=100, batch_runs=5, add_runs=5, rounds=4)
-QUICK = Plan(sizes=(10_000,), queries=200, warmup=20, batch_runs=3, add_runs=3, rounds=2)
+FULL = Plan(sizes=(10_000, 100_000), queries=1000, warmup=100, batch_runs=5, add_runs=5, rounds=20)
+QUICK = Plan(sizes=(10_000,), queries=200, warmup=20, batch_runs=3, add_runs=3, rounds=4)
 
 
 @dataclass(frozen=True)
@@ -165,8 +168,42 @@ def time_single_queries(index: Any, xq: np.ndarray, queries: int, warmup: int) -
     return percentiles(single_query_samples(index, xq, queries, warmup))
 
 
+def alternation_cpus() -> list[int]:
+    """The two CPUs the single-query rounds take turns on ([] where this process
+    cannot choose its CPU, or has only one)."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    if getaffinity is None:
+        return []
+    allowed = sorted(getaffinity(0))
+    return allowed[:2] if len(allowed) >= 2 else []
+
+
+def worker_threads(server_pid: int) -> list[int]:
+    """The thread ids of the server's worker processes (its children), from /proc."""
+    tids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == server_pid:
+                tids += [int(t.name) for t in (entry / "task").iterdir()]
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return tids
+
+
+def pin(tids: list[int], cpus: set[int]) -> None:
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            pass  # a thread that has ended
+
+
 def alternate_single_queries(
-    local: Any, remote: Any, xq: np.ndarray, plan: Plan
+    local: Any, remote: Any, xq: np.ndarray, plan: Plan, cpus: list[int] | None = None, server_pid: int | None = None
 ) -> tuple[tuple[float, float], tuple[float, float], list[float]]:
     """p50/p99 of local and of remote single queries, measured in alternating blocks.
 
@@ -174,17 +211,37 @@ def alternate_single_queries(
     block and a remote block measured seconds apart compare two different machines.
     Alternating ``plan.rounds`` blocks of each (every block after its own warm-up:
     the other index has just been scanned) and pooling the samples gives both
-    sides the same mix of good and bad minutes.  Also returns the p50 difference
-    of each round, to show the spread."""
+    sides the same mix of good and bad minutes.
+
+    The CPUs of a VM are not equally fast either: on the reference VM a 100k search
+    took 36-130 µs longer on one vCPU than on the other (three runs of 16
+    alternations).  So with two ``cpus`` (and the server started by this script,
+    ``server_pid``), each round runs this process on one of them and the server's
+    worker on the other, and the next round swaps them: local FAISS and the worker
+    each search on each CPU equally often.  (Without pinning, where local FAISS
+    searched was the scheduler's choice; pinning this process alone once put the
+    worker on its CPU for a dozen rounds, 1 ms per query.)
+
+    Also returns the p50 difference of each round, to show the spread."""
     per_block = max(1, plan.queries // plan.rounds)
     warmup = max(1, plan.warmup // plan.rounds)
     local_samples, remote_samples, rounds = [], [], []
-    for _ in range(plan.rounds):
-        a = single_query_samples(local, xq, per_block, warmup)
-        b = single_query_samples(remote, xq, per_block, warmup)
-        local_samples.append(a)
-        remote_samples.append(b)
-        rounds.append(float(np.median(b) - np.median(a)))
+    before = os.sched_getaffinity(0) if cpus else set()
+    try:
+        for r in range(plan.rounds):
+            if cpus and server_pid is not None:
+                mine, other = cpus[r % 2], cpus[(r + 1) % 2]
+                os.sched_setaffinity(0, {mine})
+                pin(worker_threads(server_pid), {other})
+            a = single_query_samples(local, xq, per_block, warmup)
+            b = single_query_samples(remote, xq, per_block, warmup)
+            local_samples.append(a)
+            remote_samples.append(b)
+            rounds.append(float(np.median(b) - np.median(a)))
+    finally:
+        if cpus and server_pid is not None:
+            os.sched_setaffinity(0, before)
+            pin(worker_threads(server_pid), before)
     return percentiles(np.concatenate(local_samples)), percentiles(np.concatenate(remote_samples)), rounds
 
 
@@ -286,8 +343,8 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def local_server() -> Iterator[tuple[str, str]]:
-    """Start ``faiss-proxy serve`` in a temporary data dir; yield (url, api key)."""
+def local_server() -> Iterator[tuple[str, str, int | None]]:
+    """Start ``faiss-proxy serve`` in a temporary data dir; yield (url, api key, pid)."""
     with tempfile.TemporaryDirectory(prefix="faiss-proxy-bench-") as tmp:
         data_dir = str(Path(tmp) / "data")
         log_path = Path(tmp) / "server.log"
@@ -302,7 +359,7 @@ def local_server() -> Iterator[tuple[str, str]]:
             url = _wait_for_server(proc, log_path)
             _cli("tenant", "create", TENANT, "--data-dir", data_dir)
             key = _cli("key", "create", TENANT, "--data-dir", data_dir).strip().splitlines()[-1]
-            yield url, key
+            yield url, key, proc.pid
         finally:
             proc.terminate()
             try:
@@ -368,7 +425,7 @@ def print_report(nb: int, base: Result, default: Result, proxy: Result, check: s
 # --------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------
-def run(plan: Plan, url: str) -> bool:
+def run(plan: Plan, url: str, server_pid: int | None = None) -> bool:
     default_threads = faiss.omp_get_max_threads()
     print(
         f"faiss {faiss.__version__}, {os.cpu_count()} CPUs, local default OpenMP threads: {default_threads}, "
@@ -378,7 +435,12 @@ def run(plan: Plan, url: str) -> bool:
         f"{plan.queries} single queries after {plan.warmup} warm-up; medians of {plan.batch_runs} batch and "
         f"{plan.add_runs} add runs"
     )
-    print(f"single queries (local 1 thr, proxy): {plan.rounds} alternating rounds; this process {huge_pages_note()}")
+    cpus = alternation_cpus() if server_pid is not None else []
+    turns = f", taking turns on CPUs {cpus[0]} and {cpus[1]}, the worker on the other" if cpus else ""
+    print(
+        f"single queries (local 1 thr, proxy): {plan.rounds} alternating rounds{turns}; "
+        f"this process {huge_pages_note()}"
+    )
     outcomes: list[bool] = []
     for nb in plan.sizes:
         data = make_dataset(nb, max(BATCH_NQ, plan.queries + plan.warmup))
@@ -389,7 +451,9 @@ def run(plan: Plan, url: str) -> bool:
         default_index.reset()
         proxy, remote_index = measure(lambda: faiss_proxy.IndexFlatL2(D), data, plan)
         with omp_threads(1):
-            (b50, b99), (p50, p99), rounds = alternate_single_queries(local_index, remote_index, data.xq, plan)
+            (b50, b99), (p50, p99), rounds = alternate_single_queries(
+                local_index, remote_index, data.xq, plan, cpus, server_pid
+            )
         base = dataclasses.replace(base, p50_us=b50, p99_us=b99)
         proxy = dataclasses.replace(proxy, p50_us=p50, p99_us=p99)
         local_index.reset()
@@ -440,12 +504,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
 
     started = time.perf_counter()
-    server: contextlib.AbstractContextManager[tuple[str, str]]
-    server = contextlib.nullcontext((args.url, args.key)) if args.url else local_server()
-    with server as (url, key):
+    server: contextlib.AbstractContextManager[tuple[str, str, int | None]]
+    server = contextlib.nullcontext((args.url, args.key, None)) if args.url else local_server()
+    with server as (url, key, server_pid):
         faiss_proxy.configure(api_url=url, api_key=key)
         try:
-            all_pass = run(plan, url)
+            all_pass = run(plan, url, server_pid)
         finally:
             faiss_proxy.configure(api_url="")
     print(f"\n{'all targets met' if all_pass else 'some targets missed'}; ran {time.perf_counter() - started:.0f} s")
