@@ -509,23 +509,35 @@ class _Slot:
 
 class ClientConnection(FramedConnection):
     def __init__(self, channel: FrameChannel, config: dict[str, Any]) -> None:
+        self._replies: dict[bytes, Any] = {}  # fast reply bodies parsed (see _parse_reply)
         super().__init__(_ClientRoot(), channel, config)
 
     def fast_request(
         self, op: str, name: str, target: Any, tree: Any, buffers: tuple[Any, ...], refs: tuple[Any, ...]
     ) -> tuple[Any, tuple[np.ndarray, ...], tuple[Any, ...]]:
         """One hot-path call; returns the reply's tree, buffers and object refs."""
-        seq = self._get_seq_id()
-        slot = _Slot()
-        self._request_callbacks[seq] = slot
+        return self.fast_request_body(self.request_body(op, name, target, tree, refs), _attachments(buffers))
+
+    @staticmethod
+    def request_body(op: str, name: str, target: Any, tree: Any, refs: tuple[Any, ...]) -> bytes:
+        """The encoded body of a fast request (what follows its sequence number)."""
         idpacks = [r.____id_pack__ for r in refs]
         target_index = None
         if target is not None:
             idpacks.append(target.____id_pack__)
             target_index = len(idpacks) - 1
-        meta = _TYPE_SEQ.pack(MSG_FAST_REQUEST, seq) + pack_json([op, name, target_index, idpacks, tree])
+        return pack_json([op, name, target_index, idpacks, tree])
+
+    def fast_request_body(
+        self, body: bytes, attachments: list[np.ndarray]
+    ) -> tuple[Any, tuple[np.ndarray, ...], tuple[Any, ...]]:
+        """A fast request whose body is already encoded (:meth:`request_body`), with
+        its buffers as C-contiguous arrays."""
+        seq = self._get_seq_id()
+        slot = _Slot()
+        self._request_callbacks[seq] = slot
         try:
-            self._send_raw(meta, _attachments(buffers))
+            self._send_raw(_TYPE_SEQ.pack(MSG_FAST_REQUEST, seq) + body, attachments)
         except Exception:
             self._request_callbacks.pop(seq, None)
             raise
@@ -575,18 +587,33 @@ class ClientConnection(FramedConnection):
             return
         try:
             (seq,) = SEQ.unpack_from(data, 1)
-            body = unpack_json(memoryview(data)[_TYPE_SEQ.size :])
             if msg == MSG_FAST_REPLY:
-                tree, idpacks = body
+                tree, idpacks = self._parse_reply(data)
                 refs = tuple(self._unbox((consts.LABEL_REMOTE_REF, tuple(p))) for p in idpacks) if idpacks else ()
                 buffers = self._channel.take_attachments()
                 obj: Any = (tree, buffers, refs)
                 is_exc = False
             else:
+                body = unpack_json(memoryview(data)[_TYPE_SEQ.size :])
                 obj, is_exc = _exception_from(body[0], body[1]), True
         finally:
             self._recvlock.release()
         self._seq_request_callback(msg, seq, is_exc, obj)
+
+    def _parse_reply(self, data: bytes) -> Any:
+        """The parsed body of a fast reply.  A client calling in a loop gets the same
+        reply header each time (the arrays' shapes and dtypes, no objects): such
+        bodies are parsed once, and the same (never changed) tree comes back, so
+        the caller can keep what it derived from it (see ``Connection``)."""
+        key = data[_TYPE_SEQ.size :]
+        parsed = self._replies.get(key)
+        if parsed is None:
+            parsed = unpack_json(key)
+            if not parsed[1] and len(key) <= _MAX_PLAN_KEY:  # no object refs in it
+                if len(self._replies) >= _MAX_PLANS:
+                    self._replies.clear()
+                self._replies[key] = parsed
+        return parsed
 
     def _netref_factory(self, id_pack: Any) -> Any:
         return _OpaqueRef(self, id_pack)

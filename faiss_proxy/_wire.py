@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,8 @@ __all__ = [
     "ALLOWED_DTYPES",
     "MAX_NDIM",
     "decode_array",
+    "array_spec",
+    "arrays_decoder",
     "wire_view",
 ]
 
@@ -132,12 +135,9 @@ def _dtype_code(dtype: np.dtype) -> str:
 _LITTLE = np.little_endian
 
 
-def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
-    """Rebuild an array from the wire, validating everything a peer controls.
-
-    ``buf`` is the uint8 buffer the transport received.  The result is a
-    writable view of it, not a copy.
-    """
+def array_spec(dtype: Any, shape: Any) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Validate an array's dtype and shape as a peer sent them; return the dtype,
+    the shape and the byte size its buffer must have."""
     dt = _DTYPES.get(dtype) if type(dtype) is str else None
     if dt is None:
         raise TypeError(f"refused array dtype {dtype!r}")
@@ -148,16 +148,64 @@ def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
             raise ValueError(f"refused array shape {shape!r}: dimensions must be ints >= 0")
         if n > MAX_DIMENSION:
             raise ValueError(f"refused array shape {shape!r}: a dimension over {MAX_DIMENSION}")
-    if type(buf) is not np.ndarray or buf.dtype is not _UINT8 or buf.ndim != 1:
-        raise TypeError("refused array payload: not a raw buffer")
     expected = math.prod(shape) * dt.itemsize
     if expected == 0 and math.prod(n for n in shape if n) * dt.itemsize >= _MAX_ARRAY_BYTES:
         # numpy refuses such a shape even when a 0 makes the array empty (a shape
-        # without a 0 fails the size check below: no buffer is that large)
+        # without a 0 fails the size check: no buffer is that large)
         raise ValueError(f"refused array shape {shape!r}: larger than any array can be")
+    return dt, shape, expected
+
+
+def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
+    """Rebuild an array from the wire, validating everything a peer controls.
+
+    ``buf`` is the uint8 buffer the transport received.  The result is a
+    writable view of it, not a copy.
+    """
+    dt, shape, expected = array_spec(dtype, shape)
+    if type(buf) is not np.ndarray or buf.dtype is not _UINT8 or buf.ndim != 1:
+        raise TypeError("refused array payload: not a raw buffer")
     if expected != buf.nbytes:
         raise ValueError(f"refused array: shape {shape} of {dt} needs {expected} bytes, got {buf.nbytes}")
     return buf.view(dt).reshape(shape)
+
+
+def arrays_decoder(node: Any) -> Callable[[tuple[Any, ...]], Any] | None:
+    """For a result node that is an array (``[ND, ...]``) or a tuple of arrays
+    (``[TUP, [ND, ...], ...]``, the ``(D, I)`` of a search): a function that
+    decodes such a result from a message's buffers, its nodes validated once;
+    None for any other node.  (A client decodes the same reply header again and
+    again when it calls in a loop.)"""
+    if type(node) is not list or not node:
+        return None
+    single = node[0] == ND
+    items = [node] if single else node[1:] if node[0] == TUP else None
+    if not items:
+        return None
+    specs = []
+    for item in items:
+        if type(item) is not list or len(item) != 4 or item[0] != ND:
+            return None
+        index, shape = item[3], item[2]
+        if type(index) is not int or index < 0 or not isinstance(shape, list):
+            return None
+        try:
+            specs.append((index, *array_spec(item[1], tuple(shape))))
+        except (TypeError, ValueError):
+            return None  # decoded (and refused) the general way
+
+    def decode(buffers: tuple[Any, ...]) -> Any:
+        out = []
+        for index, dt, shape, expected in specs:
+            if index >= len(buffers):
+                raise ValueError("malformed array reference")
+            buf = buffers[index]
+            if expected != buf.nbytes:
+                raise ValueError(f"refused array: shape {shape} of {dt} needs {expected} bytes, got {buf.nbytes}")
+            out.append(buf.view(dt).reshape(shape))
+        return out[0] if single else tuple(out)
+
+    return decode
 
 
 class Packer:

@@ -231,6 +231,47 @@ def test_shapes_are_checked_before_anything_is_allocated(code: str, dims: list[i
         assert isinstance(error, ValueError), (dims, nbytes, error)
 
 
+@CODEC
+@given(
+    st.sampled_from([*ALLOWED, "<f3", "O", "|V8", ">f4"]),
+    st.lists(st.integers(min_value=-(2**70), max_value=2**70), max_size=w.MAX_NDIM + 4),
+    st.integers(0, 64),
+    st.booleans(),
+)
+def test_a_cached_reply_decoder_decodes_as_the_general_path(
+    code: str, dims: list[int], nbytes: int, pair: bool
+) -> None:
+    """``arrays_decoder`` (made once per reply header by a client calling in a loop)
+    accepts and refuses exactly what ``array_from_buffer`` does, with the same error."""
+    buf = np.zeros(nbytes, dtype=np.uint8)
+    node = [w.ND, code, dims, 0]
+    decoder = w.arrays_decoder([w.TUP, node, node] if pair else node)
+    try:
+        expected, error = w.array_from_buffer(node, (buf,)), None
+    except REFUSED as exc:
+        expected, error = None, exc
+    if decoder is None:  # refused when made: the general path decodes (and refuses) it
+        assert error is not None
+        return
+    if error is not None:
+        with pytest.raises(type(error)) as refused:
+            decoder((buf,))
+        assert str(refused.value) == str(error)
+        return
+    got = decoder((buf,))
+    for y in got if pair else (got,):
+        assert expected is not None and y.dtype == expected.dtype and y.shape == expected.shape
+        assert np.shares_memory(y, buf) | (y.nbytes == 0)
+    with pytest.raises(ValueError, match="malformed array reference"):
+        decoder(())
+
+
+def test_cached_reply_decoders_are_made_only_for_arrays() -> None:
+    nd = [w.ND, "<f4", [1, 2], 0]
+    for node in (None, 3, "x", [], [w.TUP], [w.LST, nd], [w.TUP, nd, 5], [w.TUP, nd, [w.OBJ, 0, "Index"]], [w.ND]):
+        assert w.arrays_decoder(node) is None, node
+
+
 @pytest.mark.parametrize(
     "shape",
     [

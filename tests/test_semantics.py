@@ -224,3 +224,27 @@ def test_a_planned_call_that_starts_failing_raises_as_faiss_does(
     assert results["remote"][0] == results["local"][0] == 30
     assert "'is_trained' failed" in results["remote"][1]
     assert results["remote"][1] == results["local"][1]
+
+
+def test_repeated_calls_with_views_and_outputs_equal_local_faiss(
+    remote: ModuleType, local_faiss: ModuleType, dataset: Dataset
+) -> None:
+    """Calls the client does not encode from its cache (a non-contiguous query,
+    keyword outputs) and those it does, in turn, give local faiss's results."""
+    r, lo = remote.IndexFlatL2(dataset.d), local_faiss.IndexFlatL2(dataset.d)
+    r.add(dataset.xb)
+    lo.add(dataset.xb)
+    wide = np.repeat(dataset.xq, 2, axis=0)[::2]  # rows of xq, not contiguous as a whole
+    assert not wide.flags.c_contiguous
+    Dl, Il = lo.search(dataset.xq[:5], 4)
+    for _ in range(3):
+        D, I = r.search(wide[:5], 4)
+        np.testing.assert_array_equal(I, Il)
+        D2 = np.empty((5, 4), dtype="float32")
+        I2 = np.empty((5, 4), dtype="int64")
+        D2r, I2r = r.search(dataset.xq[:5], 4, D=D2, I=I2)
+        assert D2r is D2 and I2r is I2
+        np.testing.assert_array_equal(I2, Il)
+        D3, I3 = r.search(dataset.xq[:5], 4)
+        np.testing.assert_array_equal(I3, Il)
+        np.testing.assert_allclose(D3, Dl, rtol=1e-5)

@@ -276,3 +276,34 @@ def test_a_repeated_request_is_answered_by_the_services_plan() -> None:
     finally:
         client._channel.close()
         serving.join(5)
+
+
+def test_a_calls_request_body_is_cached_by_what_makes_it() -> None:
+    """The client reuses a method call's encoded request when the method, the object
+    and each argument's dtype and shape (arrays) or type and value (plain values)
+    are the same; anything else is encoded again."""
+    from faiss_proxy._client import _call_key
+
+    class Ref:
+        def __init__(self, number: int) -> None:
+            self.____id_pack__ = ("Handle", 0, number)
+
+    a, b = Ref(1), Ref(2)
+    q = np.zeros((1, 8), dtype="float32")
+    key = _call_key("search", a, (q, 10))
+    assert key == _call_key("search", a, (np.ones((1, 8), dtype="float32"), 10))
+    different = [
+        _call_key("search", b, (q, 10)),
+        _call_key("assign", a, (q, 10)),
+        _call_key("search", a, (q.astype("float64"), 10)),
+        _call_key("search", a, (np.zeros((2, 8), dtype="float32"), 10)),
+        _call_key("search", a, (q, 11)),
+        _call_key("search", a, (q, 10.0)),
+        _call_key("search", a, (q, True)),
+        _call_key("search", a, (q,)),
+    ]
+    assert key not in different and len(set(different)) == len(different)
+    assert _call_key("search", a, (True,)) != _call_key("search", a, (1,))
+    # not cached: a non-contiguous array, an ndarray subclass, a NumPy scalar, any object
+    for arg in (np.zeros((8, 2), dtype="float32")[:, :1], np.zeros(3).view(np.matrix), np.float32(1), [1], object()):
+        assert _call_key("search", a, (arg,)) is None
