@@ -392,13 +392,16 @@ class FaissService:
     def plan(self, op: Any, name: Any, target: Any, tree: Any, buffers: Any, refs: Any) -> CallPlan | None:
         """A plan for a method call that worked and may come again, or None.
 
-        Planned are calls on an object of the session's own (not part of a named
-        index, whose calls are logged or locked), whose only object is that target,
-        whose arguments are arrays and plain values, and whose arrays faiss only
-        reads (:data:`READ_ONLY_INPUT_METHODS`, no keyword arrays): so a planned
-        call does exactly what :meth:`op_call` would do for the same request,
-        without decoding the request again."""
-        if op != "call" or type(target) is not Handle or target.named is not None or refs != (target,):
+        Planned are calls on an object of the session's own, or reads of a named
+        index (:data:`READ_METHODS`, run under its read lock as :meth:`_named_call`
+        runs them; its changes are logged and never planned), whose only object is
+        that target, whose arguments are arrays and plain values, and whose arrays
+        faiss only reads (:data:`READ_ONLY_INPUT_METHODS`, no keyword arrays): so a
+        planned call does exactly what :meth:`op_call` would do for the same
+        request, without decoding the request again."""
+        if op != "call" or type(target) is not Handle or refs != (target,):
+            return None
+        if target.named is not None and name not in READ_METHODS:
             return None
         if name not in READ_ONLY_INPUT_METHODS or type(tree) is not list or len(tree) != 2:
             return None
@@ -443,7 +446,11 @@ class FaissService:
             args[position] = array
             arrays.append(array)
         self.policy.apply_rows(plan.rows)
-        result = method(*args, **plan.kwargs)
+        if target.named is None:
+            result = method(*args, **plan.kwargs)
+        else:
+            with target.named.reading():
+                result = method(*args, **plan.kwargs)
         # The reply: arrays of the shapes the last call returned are encoded once.
         if type(result) is tuple:
             shapes = tuple([(r.dtype, r.shape) if type(r) is np.ndarray else None for r in result])

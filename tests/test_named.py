@@ -88,6 +88,43 @@ def test_named_index_errors_are_python_errors(both: tuple[ModuleType, Rest, str]
     assert rest.get("/v1/index")[1] == {"indexes": []}
 
 
+def test_repeated_reads_and_writes_of_a_named_index(
+    server: LiveServer, both: tuple[ModuleType, Rest, str], dataset: Dataset
+) -> None:
+    """The worker answers a repeated search of a named index from a plan, under the
+    index's read lock: it sees every change made meanwhile (over REST too), and a
+    dropped index refuses it as the first search.  Repeated writes are never planned:
+    each is logged, so a new worker replays all of them."""
+    fp, rest, tenant = both
+    index = fp.create_index("planned", dataset.d)
+    local = faiss.IndexFlatL2(dataset.d)
+    q = dataset.xq[:2]
+    for i in range(3):
+        rows = dataset.xb[i * 100 : (i + 1) * 100]
+        index.add_with_ids(rows, np.arange(i * 100, (i + 1) * 100, dtype="int64"))
+        local.add(rows)
+        D, I = index.search(q, 5)  # planned from the second time round
+        Dl, Il = local.search(q, 5)
+        np.testing.assert_array_equal(I, Il)
+        np.testing.assert_allclose(D, Dl, rtol=1e-5)
+    rest.post("/v1/index/planned/vectors", {"vectors": vector_items(q, ["near-0", "near-1"])})
+    D, I = index.search(q, 1)  # the REST vectors are the nearest now
+    assert (D[:, 0] == 0).all() and index.ntotal == 302
+    before = index.search(q, 5)
+    kill_worker(server, tenant)
+    fp.configure(api_url=server.url, api_key=rest.key, timeout=120)  # a new session ...
+    again = fp.open_index("planned")  # ... and a new worker, from the log
+    assert again.ntotal == 302
+    for _ in range(2):
+        D, I = again.search(q, 5)
+        np.testing.assert_array_equal(I, before[1])
+        np.testing.assert_allclose(D, before[0], rtol=1e-5)
+    fp.drop_index("planned")
+    for _ in range(2):
+        with pytest.raises(KeyError, match="dropped"):
+            again.search(q, 5)
+
+
 def test_named_index_cannot_escape_the_log(both: tuple[ModuleType, Rest, str], dataset: Dataset) -> None:
     fp, rest, _ = both
     index = fp.create_index("guarded", dataset.d)
