@@ -588,7 +588,11 @@ class Supervisor:
                 if worker.proc.poll() is not None:
                     self._forget(worker, "process exited")
                 elif (
-                    worker.sessions == 0
+                    # A worker still starting is not idle: its clock starts at "ready"
+                    # (a start on a loaded host may take longer than the idle timeout).
+                    worker.ready.done()
+                    and worker.sessions == 0
+                    and worker.pending == 0
                     and worker.direct == 0
                     and worker.inflight == 0
                     and now - worker.last_active > self.settings.worker_idle_timeout

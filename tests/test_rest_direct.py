@@ -332,6 +332,22 @@ def test_an_idle_worker_stops_and_the_connection_lives_on(tmp_path: Path) -> Non
         live.stop()
 
 
+def test_a_worker_slower_to_start_than_the_idle_timeout_is_not_stopped(tmp_path: Path) -> None:
+    """The idle clock of a worker starts when it is ready: a start that takes longer
+    than ``worker_idle_timeout`` (a loaded host) still serves the request that began it."""
+    live = start_server(tmp_path, worker_idle_timeout=0.01)  # the reaper looks every 0.2 s
+    try:
+        tenant, key = live.new_tenant()
+        for attempt in range(3):  # each request starts a fresh worker, which then idles out
+            conn = Conn(live.url, key)
+            status, body, _ = conn.call("POST", "/v1/index", {"name": f"i{attempt}", "dimension": 8})
+            assert status == 201, body
+            conn.close()
+            wait_for(lambda: live.worker_pid(tenant) is None)
+    finally:
+        live.stop()
+
+
 def test_a_killed_worker_closes_only_its_own_connections(server: LiveServer) -> None:
     tenant, key = server.new_tenant()
     _other, other_key = server.new_tenant()
@@ -433,11 +449,11 @@ def serve_one(
 
     conn = DirectConnection(theirs, grant, handle, give_back, OperationStats(), idle_timeout=0.3, io_timeout=io_timeout)
     first = Request("GET", "/v1/index", "list", {}, {}, 0, True, time.perf_counter())
+    ours.sendall(raw)  # before it starts (it fits the socket's buffer): a stall of this
+    if eof:  # thread on a loaded host must not look like an idle client
+        ours.shutdown(socket.SHUT_WR)
     thread = threading.Thread(target=conn.serve, args=(first, b""))
     thread.start()
-    ours.sendall(raw)
-    if eof:
-        ours.shutdown(socket.SHUT_WR)
     thread.join(10)
     assert not thread.is_alive()
     ours.settimeout(1)
