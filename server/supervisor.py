@@ -77,6 +77,19 @@ class WorkerProcess:
         """REST connections handed to the worker and not yet closed or handed back."""
         return 0 if self.slots is None else len(self.slots.socks)
 
+    def idle_for(self, now: float) -> float:
+        """How long the worker has been idle at ``now`` (a ``time.monotonic()``); 0 while
+        it has anything to do.
+
+        A worker still starting is not idle: its clock starts at "ready" (a start on a
+        loaded host may take longer than the idle timeout).  Nor is one with an RPC
+        session open or handed over and not yet opened (the hand-off itself restarts
+        the clock, but the worker's "open" may come later than the timeout), a REST
+        connection of its own, or a call in flight."""
+        if not self.ready.done() or self.sessions or self.pending or self.direct or self.inflight:
+            return 0.0
+        return max(0.0, now - self.last_active)
+
 
 #: What a worker inherits of the gateway's environment: how to run Python and its
 #: native libraries, nothing else.  Secrets (FAISS_PROXY_ADMIN_PASSWORD, the metrics
@@ -587,16 +600,7 @@ class Supervisor:
             for tenant, worker in list(self.workers.items()):
                 if worker.proc.poll() is not None:
                     self._forget(worker, "process exited")
-                elif (
-                    # A worker still starting is not idle: its clock starts at "ready"
-                    # (a start on a loaded host may take longer than the idle timeout).
-                    worker.ready.done()
-                    and worker.sessions == 0
-                    and worker.pending == 0
-                    and worker.direct == 0
-                    and worker.inflight == 0
-                    and now - worker.last_active > self.settings.worker_idle_timeout
-                ):
+                elif worker.idle_for(now) > self.settings.worker_idle_timeout:
                     self.request_stop(tenant, "idle")
 
     @property

@@ -9,6 +9,7 @@ worker — each on one open connection, with nothing a client sent lost.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -30,6 +31,7 @@ from tornado.ioloop import IOLoop
 
 from faiss_proxy_server.metrics import OperationStats
 from faiss_proxy_server.restdirect import MAX_HEAD, DirectConnection, Grant, Request, token_digest
+from faiss_proxy_server.supervisor import DirectSlots, WorkerProcess
 
 from .conftest import LiveServer, start_server
 
@@ -346,6 +348,38 @@ def test_a_worker_slower_to_start_than_the_idle_timeout_is_not_stopped(tmp_path:
             wait_for(lambda: live.worker_pid(tenant) is None)
     finally:
         live.stop()
+
+
+@pytest.mark.parametrize("busy", ["starting", "session", "handed-over session", "rest connection", "call"])
+def test_a_worker_with_anything_to_do_is_not_idle(busy: str) -> None:
+    """The reaper's one test for idleness (WorkerProcess.idle_for), condition by
+    condition: each alone keeps a worker whose last activity is long past from being
+    stopped.  (A handed-over session whose "open" has not come back yet cannot be held
+    open from outside a worker; this is the only place it is checked.)"""
+    loop, slots = asyncio.new_event_loop(), DirectSlots(4)
+    pair = socket.socketpair()
+    try:
+        ready: asyncio.Future[int] = loop.create_future()
+        ready.set_result(1)
+        worker = WorkerProcess(tenant="t", proc=None, control=None, ready=ready, rest=None, slots=slots)  # type: ignore[arg-type]
+        worker.last_active = 100.0
+        assert worker.idle_for(160.0) == 60.0
+        if busy == "starting":
+            worker.ready = loop.create_future()
+        elif busy == "session":
+            worker.sessions = 1
+        elif busy == "handed-over session":
+            worker.pending = 1
+        elif busy == "rest connection":
+            assert slots.take(pair[0]) is not None
+        else:
+            worker.inflight = 1
+        assert worker.idle_for(160.0) == 0.0
+    finally:
+        slots.close()
+        for sock in pair:
+            sock.close()
+        loop.close()
 
 
 def test_a_killed_worker_closes_only_its_own_connections(server: LiveServer) -> None:
