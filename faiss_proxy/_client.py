@@ -193,7 +193,7 @@ class Connection:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._requests: dict[tuple[Any, ...], bytes] = {}  # call key: request body (see call)
+        self._requests: dict[tuple[Any, ...], tuple[bytes, bytes | None]] = {}  # call key: body, frame head
         self._decoders: dict[int, tuple[Any, Any]] = {}  # id(reply tree): (tree, decoder)
         # The handshake may start a worker: give it its own, generous limit.
         sock = open_rpc_socket(client.url, client.api_key, max(client.timeout, 60.0), client.ca)
@@ -352,17 +352,19 @@ class Connection:
         # A call like one made before (same method, object, array shapes and dtypes,
         # other values): its request body was encoded then (the worker answers it
         # from a plan, see faiss_proxy._transport.ServerConnection).
-        body = self._requests.get(key)
+        request = self._requests.get(key)
         arrays = [a for a in args if type(a) is np.ndarray]
-        if body is None:
+        if request is None:
             out = w.Packer()
             tree = [[self.encode(a, out) for a in args], []]
             body = self.rpc.request_body("call", name, ref, tree, ())
+            # The frame's head: the key fixes the arrays' sizes too.
+            request = (body, self.rpc.request_head(body, arrays))
             if len(body) <= _MAX_CACHED_BODY:
                 if len(self._requests) >= _MAX_CACHED:
                     self._requests.clear()
-                self._requests[key] = body
-        reply, buffers, refs = self._guard(self.rpc.fast_request_body, body, arrays)
+                self._requests[key] = request
+        reply, buffers, refs = self._guard(self.rpc.fast_request_body, request[0], arrays, request[1])
         return self._result(reply, buffers, refs, args, kwargs)
 
     def named(self, action: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -68,6 +68,8 @@ LABEL_ATTACH = 64
 MSG_FAST_REQUEST = 0x41
 MSG_FAST_REPLY = 0x42
 MSG_FAST_ERROR = 0x43
+_REQUESTS = (MSG_FAST_REQUEST,)
+_REPLIES = (MSG_FAST_REPLY, MSG_FAST_ERROR)
 SEQ = struct.Struct("!Q")
 _TYPE_SEQ = struct.Struct("!BQ")  # a fast message's type byte and sequence number
 HEADER = struct.Struct("!IIB")
@@ -254,6 +256,45 @@ class FrameChannel:
         self._local.attachments = attachments
         return meta
 
+    def take_fast(self, types: tuple[int, ...]) -> tuple[int, int, bytes, tuple[np.ndarray, ...]] | None:
+        """The next frame, consumed, if the read buffer already holds all of it and
+        it is a fast message of one of ``types`` with at most three attachments:
+        ``(type, sequence number, body, attachments)``, the body being the meta
+        after the sequence number and the attachments copies.  None, with nothing
+        consumed, for anything else: :meth:`recv` reads that (and refuses what is
+        malformed).
+
+        The hot path of both ends: a single query and its answer are such frames,
+        and this is :meth:`recv` and :meth:`take_attachments` in one step, without
+        the thread-local slot (the caller gets the attachments itself)."""
+        start = self._start
+        have = self._end - start
+        if have < HEADER.size:
+            return None
+        buf = self._buf
+        meta_len, count, flags = _unpack_header(buf, start)
+        if count >= len(_HEADS) or flags or meta_len < _TYPE_SEQ.size:
+            return None
+        head = _HEADS[count]
+        if have < head.size:
+            return None
+        lengths = head.unpack_from(buf, start)[3:]
+        pos = start + head.size
+        size = meta_len + sum(lengths)
+        if pos + size > self._end or size > self.max_frame:
+            return None
+        msg, seq = _TYPE_SEQ.unpack_from(buf, pos)
+        if msg not in types:
+            return None
+        body = bytes(self._view[pos + _TYPE_SEQ.size : pos + meta_len])
+        pos += meta_len
+        attachments = []
+        for n in lengths:
+            attachments.append(np.frombuffer(buf, np.uint8, n, pos).copy())
+            pos += n
+        self._start = pos
+        return msg, seq, body, tuple(attachments)
+
     def _buffer(self, n: int) -> np.ndarray:
         """A buffer for a large attachment.
 
@@ -301,8 +342,17 @@ class FrameChannel:
             raise ValueError("reference to a missing frame attachment")
         return attachments[index]
 
-    def send(self, frame: tuple[bytes, list[np.ndarray]]) -> None:
+    def send(self, frame: tuple[bytes, Any]) -> None:
+        """Send ``(meta, attachments)`` as one frame, or ``(frame bytes, None)``: a
+        frame already encoded whole."""
         meta, attachments = frame
+        if attachments is None:
+            try:
+                self.sock.sendall(meta)
+            except OSError as exc:
+                self.close()
+                raise EOFError(str(exc)) from exc
+            return
         count = len(attachments)
         if count < len(_HEADS):
             head = _HEADS[count].pack(len(meta), count, 0, *[a.nbytes for a in attachments])
@@ -427,9 +477,19 @@ class FramedConnection(Connection):
         # this thread already holds the send lock.
         self._send_raw(brine.I1.pack(msg) + brine.dump((seq, args)), attachments or [])
 
-    def _send_raw(self, meta: bytes, attachments: list[np.ndarray]) -> None:
-        """Queue an already encoded frame (same discipline as :meth:`_send`)."""
-        self._send_queue.append((meta, attachments))
+    def _send_raw(self, meta: bytes, attachments: list[np.ndarray] | None) -> None:
+        """Queue an already encoded frame (same discipline as :meth:`_send`);
+        ``attachments`` None: ``meta`` is the whole frame (:meth:`FrameChannel.send`)."""
+        if not self._send_queue and self._sendlock.acquire(False):
+            # Nothing queued and nobody sending: this frame goes first anyway.
+            try:
+                self._channel.send((meta, attachments))
+            finally:
+                self._sendlock.release()
+            if not self._send_queue:  # (a netref __del__ may have queued one meanwhile)
+                return
+        else:
+            self._send_queue.append((meta, attachments))
         while self._send_queue:
             if not self._sendlock.acquire(False):
                 return
@@ -528,16 +588,30 @@ class ClientConnection(FramedConnection):
             target_index = len(idpacks) - 1
         return pack_json([op, name, target_index, idpacks, tree])
 
+    @staticmethod
+    def request_head(body: bytes, attachments: list[np.ndarray]) -> bytes | None:
+        """The head (header, attachment lengths, message type) of every frame that
+        carries ``body`` and arrays of these sizes, when such frames are small; else None."""
+        sizes = [a.nbytes for a in attachments]
+        if len(sizes) >= len(_HEADS) or len(body) + sum(sizes) > _SMALL:
+            return None
+        return _HEADS[len(sizes)].pack(_TYPE_SEQ.size + len(body), len(sizes), 0, *sizes) + bytes((MSG_FAST_REQUEST,))
+
     def fast_request_body(
-        self, body: bytes, attachments: list[np.ndarray]
+        self, body: bytes, attachments: list[np.ndarray], head: bytes | None = None
     ) -> tuple[Any, tuple[np.ndarray, ...], tuple[Any, ...]]:
         """A fast request whose body is already encoded (:meth:`request_body`), with
-        its buffers as C-contiguous arrays."""
+        its buffers as C-contiguous arrays, and, where known, the head of its frame
+        (:meth:`request_head` of the same body and array sizes): the frame is then
+        sent as one piece."""
         seq = self._get_seq_id()
         slot = _Slot()
         self._request_callbacks[seq] = slot
         try:
-            self._send_raw(_TYPE_SEQ.pack(MSG_FAST_REQUEST, seq) + body, attachments)
+            if head is not None:
+                self._send_raw(b"".join([head, SEQ.pack(seq), body, *attachments]), None)  # type: ignore[list-item]
+            else:
+                self._send_raw(_TYPE_SEQ.pack(MSG_FAST_REQUEST, seq) + body, attachments)
         except Exception:
             self._request_callbacks.pop(seq, None)
             raise
@@ -546,17 +620,21 @@ class ClientConnection(FramedConnection):
     def _await(self, seq: int, slot: _Slot) -> Any:
         """Serve the connection until ``slot`` has its reply (RPyC's ``serve`` loop,
         without its per-iteration Timeout objects and closures)."""
-        timeout = self._config["sync_request_timeout"] or 1e9
+        channel = self._channel
         started = time.monotonic()
-        deadline = started + timeout
+        deadline = started + (self._config["sync_request_timeout"] or 1e9)
         while not slot.done:
             left = deadline - time.monotonic()
             if left <= 0:
                 self._request_callbacks.pop(seq, None)
                 raise AsyncResultTimeout("result expired")
             if self._recvlock.acquire(False):
+                fast = data = None
                 try:
-                    data = self._channel.recv() if not slot.done and self._channel.poll(left) else None
+                    if not slot.done and channel.poll(left):
+                        fast = channel.take_fast(_REPLIES)
+                        if fast is None:
+                            data = channel.recv()
                 except EOFError:
                     self._recvlock.release()
                     self.close()
@@ -564,12 +642,15 @@ class ClientConnection(FramedConnection):
                 except BaseException:
                     self._recvlock.release()
                     raise
-                if data is None:
-                    self._recvlock.release()
-                else:
+                if fast is not None:
+                    self._dispatch_fast(*fast)  # releases the lock
+                elif data is not None:
                     self._dispatch(data)  # releases the lock, like RPyC's dispatch
-                with self._recv_event:
-                    self._recv_event.notify_all()
+                else:
+                    self._recvlock.release()
+                if self._request_callbacks:  # other threads wait for replies: one may read now
+                    with self._recv_event:
+                        self._recv_event.notify_all()
             else:
                 with self._recv_event:
                     if not slot.done:
@@ -582,30 +663,36 @@ class ClientConnection(FramedConnection):
 
     def _dispatch(self, data: bytes) -> None:
         msg = data[0]
-        if msg not in (MSG_FAST_REPLY, MSG_FAST_ERROR):
+        if msg not in _REPLIES:
             Connection._dispatch(self, data)
             return
+        if len(data) < _TYPE_SEQ.size:
+            self._recvlock.release()
+            raise ProtocolError("short fast reply")
+        (seq,) = SEQ.unpack_from(data, 1)
+        self._dispatch_fast(msg, seq, data[_TYPE_SEQ.size :], self._channel.take_attachments())
+
+    def _dispatch_fast(self, msg: int, seq: int, body: bytes, buffers: tuple[np.ndarray, ...]) -> None:
+        """Hand a fast reply (or error) to the call waiting for it; releases the read lock."""
         try:
-            (seq,) = SEQ.unpack_from(data, 1)
             if msg == MSG_FAST_REPLY:
-                tree, idpacks = self._parse_reply(data)
+                tree, idpacks = self._parse_reply(body)
                 refs = tuple(self._unbox((consts.LABEL_REMOTE_REF, tuple(p))) for p in idpacks) if idpacks else ()
-                buffers = self._channel.take_attachments()
                 obj: Any = (tree, buffers, refs)
                 is_exc = False
             else:
-                body = unpack_json(memoryview(data)[_TYPE_SEQ.size :])
-                obj, is_exc = _exception_from(body[0], body[1]), True
+                error = unpack_json(body)
+                obj, is_exc = _exception_from(error[0], error[1]), True
         finally:
             self._recvlock.release()
         self._seq_request_callback(msg, seq, is_exc, obj)
 
-    def _parse_reply(self, data: bytes) -> Any:
-        """The parsed body of a fast reply.  A client calling in a loop gets the same
-        reply header each time (the arrays' shapes and dtypes, no objects): such
-        bodies are parsed once, and the same (never changed) tree comes back, so
-        the caller can keep what it derived from it (see ``Connection``)."""
-        key = data[_TYPE_SEQ.size :]
+    def _parse_reply(self, key: bytes) -> Any:
+        """The parsed body of a fast reply (``key``: the reply after its sequence
+        number).  A client calling in a loop gets the same reply header each time
+        (the arrays' shapes and dtypes, no objects): such bodies are parsed once,
+        and the same (never changed) tree comes back, so the caller can keep what
+        it derived from it (see ``Connection``)."""
         parsed = self._replies.get(key)
         if parsed is None:
             parsed = unpack_json(key)
@@ -648,6 +735,7 @@ class ServerConnection(FramedConnection):
 
     _settle: Any = staticmethod(_nothing)
     _plans: dict[bytes, tuple[Any, tuple[Any, ...] | None] | None]  # request bytes: (plan, target's id-pack)
+    _reply_heads: dict[bytes, tuple[bytes, int]]  # a plan's reply body: its frames' head and length
 
     def serve_session(self, threads: int, spin: float = 0.0) -> None:
         """Serve requests with ``threads`` threads, leader/follower style.
@@ -673,6 +761,7 @@ class ServerConnection(FramedConnection):
         read_lock = threading.Lock()
         self._settle = getattr(self._local_root, "settle", None) or _nothing
         self._plans = {}
+        self._reply_heads = {}
         if self._channel._tls:
             spin = 0.0  # no MSG_DONTWAIT reads on an SSL socket
         channel = self._channel
@@ -734,6 +823,15 @@ class ServerConnection(FramedConnection):
                                     brisk = True
                             if not brisk:  # about to sleep: time the client's pause
                                 waited = time.perf_counter()
+                        fast = channel.take_fast(_REQUESTS)
+                        if fast is not None:  # a small fast request, all there: the common case
+                            payload = self._resolve(fast[1], fast[2], fast[3])
+                            fast = None
+                            if payload is not None:
+                                self._execute_fast(*payload)
+                                payload = None
+                            answered = True
+                            continue
                         request = read()
                         if waited:
                             brisk = time.perf_counter() - waited <= spin
@@ -769,12 +867,16 @@ class ServerConnection(FramedConnection):
             raise errors[0]
 
     def _parse_fast(self, data: bytes, buffers: tuple[np.ndarray, ...]) -> tuple[Any, ...] | None:
-        """Resolve a fast request while holding the read lock (the attachments and
-        the object table are consistent there)."""
+        """Resolve a fast request read by :meth:`FrameChannel.recv`."""
         if len(data) < 1 + SEQ.size:
             raise ProtocolError("short fast request")
         (seq,) = SEQ.unpack_from(data, 1)
-        key = data[_TYPE_SEQ.size :]
+        return self._resolve(seq, data[_TYPE_SEQ.size :], buffers)
+
+    def _resolve(self, seq: int, key: bytes, buffers: tuple[np.ndarray, ...]) -> tuple[Any, ...] | None:
+        """Resolve a fast request (``key``: its body after the sequence number) while
+        holding the read lock (the object table is consistent there): the arguments
+        of :meth:`_execute_fast`, or None when an error has been answered."""
         planned = self._plans.get(key)
         if planned is not None and planned[0].sizes == tuple([b.nbytes for b in buffers]):
             try:
@@ -784,7 +886,7 @@ class ServerConnection(FramedConnection):
             else:
                 return seq, key, planned[0], None, None, target, None, buffers, ()
         try:
-            op, name, target_index, idpacks, tree = unpack_json(memoryview(data)[_TYPE_SEQ.size :])
+            op, name, target_index, idpacks, tree = unpack_json(key)
             refs = tuple(self._local_objects[tuple(p)] for p in idpacks)
             target = refs[target_index] if target_index is not None else None
         except Exception as exc:
@@ -810,8 +912,23 @@ class ServerConnection(FramedConnection):
             else:
                 reply = self._local_root.fast_operation(op)(target, name, tree, buffers, refs)
             if len(reply) == 2:  # a plan's reply, body already encoded
-                meta = _TYPE_SEQ.pack(MSG_FAST_REPLY, seq) + reply[0]
-                attachments = reply[1]
+                body, attachments = reply
+                known = self._reply_heads.get(body)
+                wire = None
+                if known is not None:
+                    try:
+                        # The whole frame in one piece (a TypeError: an array is not
+                        # C-contiguous; another length: not the arrays the head was
+                        # made for; either way, the general way below).
+                        wire = b"".join([known[0], SEQ.pack(seq), body, *attachments])
+                    except TypeError:
+                        pass
+                if wire is not None and known is not None and len(wire) == known[1]:
+                    meta, attachments = wire, None
+                else:
+                    meta = _TYPE_SEQ.pack(MSG_FAST_REPLY, seq) + body
+                    attachments = list(attachments)
+                    self._learn_head(body, attachments)
             else:
                 out_tree, out_buffers, out_refs = reply
                 idpacks = [self._box(h)[1] for h in out_refs]
@@ -828,6 +945,20 @@ class ServerConnection(FramedConnection):
         if plan is None and key not in self._plans and len(key) <= _MAX_PLAN_KEY:
             self._learn(key, op, name, target, tree, buffers, refs)
         self._settle()
+
+    def _learn_head(self, body: bytes, attachments: list[np.ndarray]) -> None:
+        """Keep the frame head (header, attachment lengths, message type) of a plan's
+        reply body, when its frames are small: the body says the arrays' dtypes and
+        shapes, so the head is the same for every reply with this body."""
+        count = len(attachments)
+        sizes = [a.nbytes for a in attachments]
+        if count >= len(_HEADS) or len(body) + sum(sizes) > _SMALL:
+            return
+        if len(self._reply_heads) >= _MAX_PLANS:
+            self._reply_heads.clear()
+        meta_len = _TYPE_SEQ.size + len(body)
+        head = _HEADS[count].pack(meta_len, count, 0, *sizes) + bytes((MSG_FAST_REPLY,))
+        self._reply_heads[body] = (head, len(head) + SEQ.size + len(body) + sum(sizes))
 
     def _learn(self, key: bytes, *request: Any) -> None:
         """Ask the service for a plan of a request that worked (after its answer went

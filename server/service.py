@@ -129,6 +129,22 @@ def _builtin_exception(exc: Exception) -> Exception:
     return RuntimeError(str(exc))
 
 
+def _check_rate(service: FaissService) -> None:
+    if service.rate is not None:
+        wait = service.rate.take()
+        if wait > 0:
+            raise TooManyRequests(f"this tenant is over its request rate; retry in {wait:.2f} s")
+
+
+def _failed(service: FaissService, kind: str, name: Any, started: float, exc: Exception) -> Exception:
+    """Count a call that raised ``exc``; the exception to send instead (builtin)."""
+    service.stats.count(False)
+    if service.op_stats is not None:
+        known = type(name) is str and name in service.reflection.known_names
+        service.op_stats.record(f"{kind}.{name}" if known else kind, time.perf_counter() - started, False)
+    return _builtin_exception(exc)
+
+
 def _operation(fn: Callable[..., Any], kind: str = "") -> Callable[..., Any]:
     """Count and time the call (session stats, worker metrics); make its exception builtin."""
     kind = kind or fn.__name__.removeprefix("op_").removeprefix("exposed_")
@@ -140,18 +156,11 @@ def _operation(fn: Callable[..., Any], kind: str = "") -> Callable[..., Any]:
         if self.op_stats is not None:
             self.op_stats.begin()
         try:
-            if self.rate is not None:
-                wait = self.rate.take()
-                if wait > 0:
-                    raise TooManyRequests(f"this tenant is over its request rate; retry in {wait:.2f} s")
+            _check_rate(self)
             result = fn(self, *args)
         except Exception as exc:
-            self.stats.count(False)
-            if self.op_stats is not None:
-                name = args[1] if named_ops and len(args) > 1 else None
-                known = type(name) is str and name in self.reflection.known_names
-                self.op_stats.record(f"{kind}.{name}" if known else kind, time.perf_counter() - started, False)
-            converted = _builtin_exception(exc)
+            name = args[1] if named_ops and len(args) > 1 else None
+            converted = _failed(self, kind, name, started, exc)
             if converted is exc:
                 raise
             raise converted from None
@@ -433,50 +442,28 @@ class FaissService:
             kwargs[pair[0]] = pair[1]
         if len({index for _, index, _, _ in slots}) != len(slots):
             return None  # one buffer behind two arguments: op_call decodes it twice
+        if checked_method(name, _plan) is not _plan:
+            return None  # a method whose arguments are checked first (none is read-only)
         sizes = tuple(int(b.nbytes) for b in buffers)
         return CallPlan(self, name, sizes, tuple(args), tuple(slots), kwargs, rows)
 
-    def _run_plan(self, target: Handle, name: str, plan: CallPlan, buffers: tuple[np.ndarray, ...]) -> Any:
-        obj = target.obj
-        method = checked_method(name, getattr(obj, name))
-        args = list(plan.args)
-        arrays = []
-        for position, index, dtype, shape in plan.slots:
-            array = buffers[index].view(dtype).reshape(shape)
-            args[position] = array
-            arrays.append(array)
-        self.policy.apply_rows(plan.rows)
-        if target.named is None:
-            result = method(*args, **plan.kwargs)
-        else:
-            with target.named.reading():
-                result = method(*args, **plan.kwargs)
-        # The reply: arrays of the shapes the last call returned are encoded once.
-        if type(result) is tuple:
-            shapes = tuple([(r.dtype, r.shape) if type(r) is np.ndarray else None for r in result])
-            results = result
-        elif type(result) is np.ndarray:
-            shapes, results = ((result.dtype, result.shape),), (result,)
-        else:
-            shapes, results = None, ()
-        known = plan.reply  # one read: another thread may replace it meanwhile
-        if shapes is not None and shapes == known[0]:
-            return known[1], list(results)
+    def _encode_planned(self, plan: CallPlan, obj: Any, result: Any, arrays: list[np.ndarray]) -> Reply:
+        """The reply of a planned call whose result is new in shape: encoded the
+        general way, and kept in the plan when it is arrays only."""
         out = w.Packer()
         seen = [(id(a), p) for a, (p, _, _, _) in zip(arrays, plan.slots, strict=True)]
         node = self.reflection.encode(result, out, keep=(obj,), seen=seen)
         reply = out.message([node, []])
+        results = result if type(result) is tuple else (result,)
+        shapes = tuple([(r.dtype, r.shape) if type(r) is np.ndarray else None for r in results])
         if (
-            shapes is not None
-            and None not in shapes
+            None not in shapes
             and not out.refs
             and len(out.buffers) == len(results)
             and all(type(b) is w.Blob and b.array is r for b, r in zip(out.buffers, results, strict=True))
         ):
-            plan.reply = (shapes, w.pack_json([reply[0], []]))
+            plan.reply = (shapes, w.pack_json([reply[0], []]), type(result) is tuple)
         return reply
-
-    op_planned_call = _operation(_run_plan, kind="call")
 
     def _named_call(self, target: Handle, name: str, method: Any, tree: Any, buffers: Any, refs: Any) -> Reply:
         named: NamedIndex = target.named
@@ -592,6 +579,13 @@ class FaissService:
 
 
 _NO_LOCK = contextlib.nullcontext()
+
+
+def _plan() -> None:
+    """Stands for a method in :meth:`FaissService.plan`'s question to ``checked_method``."""
+
+
+_perf_counter = time.perf_counter
 _JSON_SCALARS = (type(None), bool, int, float, str)
 
 
@@ -600,7 +594,7 @@ class CallPlan:
     positional arguments with the arrays' places left open, and the encoded reply
     of the result shapes seen last."""
 
-    __slots__ = ("args", "kwargs", "name", "reply", "rows", "service", "sizes", "slots")
+    __slots__ = ("args", "kwargs", "label", "name", "reply", "rows", "service", "sizes", "slots")
 
     def __init__(
         self,
@@ -619,11 +613,65 @@ class CallPlan:
         self.slots = slots  # (argument position, buffer index, dtype, shape)
         self.kwargs = kwargs
         self.rows = rows
-        # The shapes of the result seen last and its encoded reply body, as one value.
-        self.reply: tuple[tuple[Any, ...] | None, bytes] = (None, b"")
+        self.label = f"call.{name}"
+        # The dtypes and shapes of the result arrays seen last, their encoded reply
+        # body, and whether the result was a tuple: one value, read once per call.
+        self.reply: tuple[tuple[Any, ...] | None, bytes, bool] = (None, b"", False)
 
     def __call__(self, target: Handle, buffers: tuple[np.ndarray, ...]) -> Any:
-        return self.service.op_planned_call(target, self.name, self, buffers)
+        """Answer the call as :meth:`FaissService.op_call` would, counted and timed
+        as every operation is (:func:`_operation`, written out: this is the hot
+        path): ``(reply body, result arrays)`` when the result has the dtypes and
+        shapes of the last one, else the reply, encoded the general way."""
+        service = self.service
+        started = _perf_counter()
+        op_stats = service.op_stats
+        if op_stats is not None:
+            op_stats.begin()
+        try:
+            if service.rate is not None:
+                _check_rate(service)
+            obj = target.obj
+            method = getattr(obj, self.name)
+            args = list(self.args)
+            arrays = []
+            for position, index, dtype, shape in self.slots:
+                array = np.ndarray(shape, dtype, buffers[index])
+                args[position] = array
+                arrays.append(array)
+            service.policy.apply_rows(self.rows)
+            if target.named is None:
+                result = method(*args, **self.kwargs)
+            else:
+                with target.named.reading():
+                    result = method(*args, **self.kwargs)
+            # Arrays of the dtypes and shapes the last call returned: the reply body is known.
+            shapes, body, is_tuple = self.reply  # one read: another thread may replace it meanwhile
+            if is_tuple and shapes is not None and type(result) is tuple and len(result) == len(shapes):
+                for r, known in zip(result, shapes, strict=True):
+                    if type(r) is not np.ndarray or r.dtype is not known[0] or r.shape != known[1]:
+                        break
+                else:
+                    reply: Any = (body, result)
+                    service._answered.call = (self.label, _perf_counter() - started)
+                    return reply
+            elif (
+                not is_tuple
+                and type(result) is np.ndarray
+                and shapes
+                and result.dtype is shapes[0][0]
+                and result.shape == shapes[0][1]
+            ):
+                service._answered.call = (self.label, _perf_counter() - started)
+                return body, (result,)
+            reply = service._encode_planned(self, obj, result, arrays)
+        except Exception as exc:
+            converted = _failed(service, "call", self.name, started, exc)
+            if converted is exc:
+                raise
+            raise converted from None
+        service._answered.call = (self.label, _perf_counter() - started)
+        return reply
 
 
 def _named_of(refs: Any) -> tuple[NamedIndex, tuple[Any, ...]] | None:

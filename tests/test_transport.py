@@ -310,3 +310,69 @@ def test_a_calls_request_body_is_cached_by_what_makes_it() -> None:
     # not cached: a non-contiguous array, an ndarray subclass, a NumPy scalar, any object
     for arg in (np.zeros((8, 2), dtype="float32")[:, :1], np.zeros(3).view(np.matrix), np.float32(1), [1], object()):
         assert _call_key("search", a, (arg,)) is None
+
+
+def test_the_service_plans_a_repeated_search_and_answers_it_as_faiss_does() -> None:
+    """The real service plans a search repeated with new queries of the same shape
+    (its request decoded once, its reply encoded once), and every planned answer is
+    local faiss's.  A planned call whose result changes shape (``range_search``) is
+    answered the general way, again as faiss does.  Planned calls are counted."""
+    import time
+
+    import faiss
+
+    from faiss_proxy import _wire as w
+    from faiss_proxy_server.metrics import OperationStats
+    from faiss_proxy_server.reflection import Reflection
+    from faiss_proxy_server.service import CallPlan, FaissService, ThreadPolicy
+
+    made: list[Any] = []
+
+    class Spy(FaissService):
+        def plan(self, *request: Any) -> Any:
+            plan = super().plan(*request)
+            made.append(plan)
+            return plan
+
+    stats = OperationStats()
+    service = Spy(Reflection(faiss), ThreadPolicy(faiss.omp_set_num_threads, 1, 20), "test", op_stats=stats)
+    client, serving = _session(service)
+    rng = np.random.default_rng(7)
+    xb = rng.random((300, 16), dtype=np.float32)
+    xq = rng.random((12, 16), dtype=np.float32)
+    local = faiss.IndexFlatL2(16)
+    local.add(xb)
+
+    def call(op: str, name: str, target: Any, *args: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+        out = w.Packer()
+        tree = [[out.array(a) if isinstance(a, np.ndarray) else a for a in args], []]
+        return client.fast_request(op, name, target, *out.message(tree))
+
+    try:
+        (node, _), _, refs = call("new", "IndexFlatL2", None, 16)
+        index = refs[node[1]]
+        call("call", "add", index, xb)
+        for i in range(len(xq)):
+            (result, _), buffers, _ = call("call", "search", index, xq[i : i + 1], 5)
+            D, I = (w.array_from_buffer(n, buffers) for n in result[1:])
+            D0, I0 = local.search(xq[i : i + 1], 5)
+            np.testing.assert_array_equal(I, I0)
+            np.testing.assert_array_equal(D, D0)
+        for i in range(4):
+            (result, _), buffers, _ = call("call", "range_search", index, xq[i : i + 1], 1.5 + i)
+            lims, D, I = (w.array_from_buffer(n, buffers) for n in result[1:])
+            lims0, D0, I0 = local.range_search(xq[i : i + 1], 1.5 + i)
+            np.testing.assert_array_equal(lims, lims0)
+            np.testing.assert_array_equal(I, I0)
+        searches = [p for p in made if isinstance(p, CallPlan) and p.name == "search"]
+        assert len(searches) == 1 and searches[0].reply[0] is not None  # planned once, its reply known
+        assert any(isinstance(p, CallPlan) and p.name == "range_search" for p in made)
+        deadline = time.monotonic() + 5
+        while service.stats.calls < 2 + len(xq) + 4 and time.monotonic() < deadline:
+            time.sleep(0.01)  # (counted after each answer went out)
+        assert service.stats.calls == 2 + len(xq) + 4 and service.stats.errors == 0
+        assert stats.inflight == 0
+        assert [row[1] for row in stats.drain() if row[0] == "call.search"] == [len(xq)]
+    finally:
+        client.close()
+        serving.join(5)
