@@ -239,12 +239,7 @@ class FrameChannel:
                 self._ensure(head + body)
             pos = self._start + head
             meta = bytes(self._view[pos : pos + meta_len])
-            pos += meta_len
-            attachments = []
-            for n in lengths:
-                attachments.append(np.frombuffer(buf, np.uint8, n, pos).copy())
-                pos += n
-            self._start = pos
+            attachments = self._copy_out(pos + meta_len, lengths)
         else:
             self._start += head
             meta = self._read_exact(meta_len)
@@ -287,13 +282,17 @@ class FrameChannel:
         if msg not in types:
             return None
         body = bytes(self._view[pos + _TYPE_SEQ.size : pos + meta_len])
-        pos += meta_len
+        return msg, seq, body, tuple(self._copy_out(pos + meta_len, lengths))
+
+    def _copy_out(self, pos: int, lengths: tuple[int, ...]) -> list[np.ndarray]:
+        """Copies of the attachments buffered from ``pos`` on, which are then consumed."""
+        buf = self._buf
         attachments = []
         for n in lengths:
             attachments.append(np.frombuffer(buf, np.uint8, n, pos).copy())
             pos += n
         self._start = pos
-        return msg, seq, body, tuple(attachments)
+        return attachments
 
     def _buffer(self, n: int) -> np.ndarray:
         """A buffer for a large attachment.
