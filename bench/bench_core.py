@@ -25,6 +25,10 @@ Each metric is taken for three configurations:
 2. local FAISS with the **default** number of OpenMP threads, for reference.
 3. **faiss-proxy**: a remote index made with ``faiss_proxy.IndexFlatL2(128)`` after
    ``faiss_proxy.configure(...)``; every call is a round trip to the tenant's worker.
+   The targets are judged on this, the TCP port.  When the script starts the server
+   itself it also gives it a Unix socket (``--unix-socket``), and single queries are
+   measured over that too, as a third index in the same rounds (``--unix-url`` does
+   the same for a running server); its line is marked as such.
 
 The single-query p50/p99 of local FAISS (1 thread) and of the proxy are measured in
 20 alternating rounds (a local block and a proxy block of 50 queries, each after its
@@ -54,6 +58,7 @@ By default the script starts its own server (``python -m faiss_proxy_server serv
     python bench/bench_core.py                  # full run: 10k and 100k, about a minute
     python bench/bench_core.py --quick          # 10k only, fewer repetitions, seconds
     python bench/bench_core.py --plain-local    # local FAISS on small pages (flatters the proxy)
+    python bench/bench_core.py --url URL --key KEY [--unix-url unix:///path]   # a running server
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ import faiss
 import numpy as np
 
 import faiss_proxy
+from faiss_proxy._client import Client
 from faiss_proxy_server.supervisor import with_huge_pages
 
 D = 128
@@ -204,9 +210,15 @@ def pin(tids: list[int], cpus: set[int]) -> None:
 
 
 def alternate_single_queries(
-    local: Any, remote: Any, xq: np.ndarray, plan: Plan, cpus: list[int] | None = None, server_pid: int | None = None
-) -> tuple[tuple[float, float], tuple[float, float], list[float]]:
-    """p50/p99 of local and of remote single queries, measured in alternating blocks.
+    local: Any,
+    remotes: list[Any],
+    xq: np.ndarray,
+    plan: Plan,
+    cpus: list[int] | None = None,
+    server_pid: int | None = None,
+) -> tuple[tuple[float, float], list[tuple[float, float]], list[list[float]]]:
+    """p50/p99 of local and of each remote index's single queries, measured in
+    alternating blocks (the remotes in turn: TCP, and the Unix socket where measured).
 
     The host's speed drifts by a third within minutes on a shared VM, so a local
     block and a remote block measured seconds apart compare two different machines.
@@ -223,10 +235,12 @@ def alternate_single_queries(
     searched was the scheduler's choice; pinning this process alone once put the
     worker on its CPU for a dozen rounds, 1 ms per query.)
 
-    Also returns the p50 difference of each round, to show the spread."""
+    Also returns, per remote, the p50 difference of each round, to show the spread."""
     per_block = max(1, plan.queries // plan.rounds)
     warmup = max(1, plan.warmup // plan.rounds)
-    local_samples, remote_samples, rounds = [], [], []
+    local_samples: list[np.ndarray] = []
+    remote_samples: list[list[np.ndarray]] = [[] for _ in remotes]
+    rounds: list[list[float]] = [[] for _ in remotes]
     before = os.sched_getaffinity(0) if cpus else set()
     try:
         for r in range(plan.rounds):
@@ -235,15 +249,22 @@ def alternate_single_queries(
                 os.sched_setaffinity(0, {mine})
                 pin(worker_threads(server_pid), {other})
             a = single_query_samples(local, xq, per_block, warmup)
-            b = single_query_samples(remote, xq, per_block, warmup)
             local_samples.append(a)
-            remote_samples.append(b)
-            rounds.append(float(np.median(b) - np.median(a)))
+            # The remotes take turns in both orders, so neither always follows local FAISS.
+            order = list(range(len(remotes))) if r % 4 < 2 else list(reversed(range(len(remotes))))
+            for i in order:
+                b = single_query_samples(remotes[i], xq, per_block, warmup)
+                remote_samples[i].append(b)
+                rounds[i].append(float(np.median(b) - np.median(a)))
     finally:
         if cpus and server_pid is not None:
             os.sched_setaffinity(0, before)
             pin(worker_threads(server_pid), before)
-    return percentiles(np.concatenate(local_samples)), percentiles(np.concatenate(remote_samples)), rounds
+    return (
+        percentiles(np.concatenate(local_samples)),
+        [percentiles(np.concatenate(samples)) for samples in remote_samples],
+        rounds,
+    )
 
 
 def time_attribute(index: Any, reads: int) -> float:
@@ -357,14 +378,19 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def local_server() -> Iterator[tuple[str, str, int | None]]:
-    """Start ``faiss-proxy serve`` in a temporary data dir; yield (url, api key, pid)."""
-    with tempfile.TemporaryDirectory(prefix="faiss-proxy-bench-") as tmp:
+def local_server() -> Iterator[tuple[str, str, int | None, str]]:
+    """Start ``faiss-proxy serve`` in a temporary data dir, on a free port and a Unix
+    socket; yield (url, api key, pid, the socket's ``unix://`` URL)."""
+    with tempfile.TemporaryDirectory(prefix="faiss-proxy-bench-", dir="/tmp") as tmp:
         data_dir = str(Path(tmp) / "data")
         log_path = Path(tmp) / "server.log"
+        unix_socket = str(Path(tmp) / "rpc.sock")
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "faiss_proxy_server", "serve", "--port", "0", "--data-dir", data_dir],
+                [
+                    *(sys.executable, "-m", "faiss_proxy_server", "serve", "--port", "0", "--data-dir", data_dir),
+                    *("--unix-socket", unix_socket),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -373,7 +399,7 @@ def local_server() -> Iterator[tuple[str, str, int | None]]:
             url = _wait_for_server(proc, log_path)
             _cli("tenant", "create", TENANT, "--data-dir", data_dir)
             key = _cli("key", "create", TENANT, "--data-dir", data_dir).strip().splitlines()[-1]
-            yield url, key, proc.pid
+            yield url, key, proc.pid, "unix://" + unix_socket
         finally:
             proc.terminate()
             try:
@@ -402,8 +428,17 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def print_report(nb: int, base: Result, default: Result, proxy: Result, check: str, rounds: list[float]) -> list[bool]:
-    """Print the table for one database size; return the targets' outcomes."""
+def print_report(
+    nb: int,
+    base: Result,
+    default: Result,
+    proxy: Result,
+    check: str,
+    rounds: list[float],
+    unix: tuple[float, float, list[float]] | None = None,
+) -> list[bool]:
+    """Print the table for one database size; return the targets' outcomes.
+    ``unix``: p50, p99 and per-round differences over the Unix socket, where measured."""
     rows = [
         ("single query p50 (µs)", base.p50_us, default.p50_us, proxy.p50_us, "{:.1f}"),
         ("single query p99 (µs)", base.p99_us, default.p99_us, proxy.p99_us, "{:.1f}"),
@@ -420,6 +455,11 @@ def print_report(nb: int, base: Result, default: Result, proxy: Result, check: s
         print(f"{name:<24}{fmt.format(b):>13}{fmt.format(dflt):>15}{fmt.format(p):>11}{ratio:>13}")
     spread = " ".join(f"{r:+.0f}" for r in rounds)
     print(f"single query p50, proxy - local 1 thr, per round (µs): {spread}")
+    if unix is not None:
+        print(
+            f"single query over the Unix socket: p50 {unix[0]:.1f} µs, p99 {unix[1]:.1f} µs "
+            f"({unix[0] / base.p50_us:.2f}x local); per round (µs): {' '.join(f'{r:+.0f}' for r in unix[2])}"
+        )
 
     diff = proxy.p50_us - base.p50_us
     targets = [
@@ -431,6 +471,9 @@ def print_report(nb: int, base: Result, default: Result, proxy: Result, check: s
         ),
         (f"add ≥ {ADD_MIN_MBPS:.0f} MB/s", f"{proxy.add_mbps:.0f} MB/s", proxy.add_mbps >= ADD_MIN_MBPS),
     ]
+    if unix is not None:
+        unix_diff = unix[0] - base.p50_us
+        targets.insert(1, ("  the same over the Unix socket", f"{unix_diff:+.1f} µs", unix_diff <= P50_SLACK_US))
     for label, value, ok in targets:
         print(f"  {verdict(ok)}  {label:<34}{value:>14}")
     return [ok for _, _, ok in targets]
@@ -439,7 +482,7 @@ def print_report(nb: int, base: Result, default: Result, proxy: Result, check: s
 # --------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------
-def run(plan: Plan, url: str, server_pid: int | None = None) -> bool:
+def run(plan: Plan, url: str, server_pid: int | None = None, unix: Client | None = None) -> bool:
     default_threads = faiss.omp_get_max_threads()
     print(
         f"faiss {faiss.__version__}, {os.cpu_count()} CPUs, local default OpenMP threads: {default_threads}, "
@@ -451,8 +494,9 @@ def run(plan: Plan, url: str, server_pid: int | None = None) -> bool:
     )
     cpus = alternation_cpus() if server_pid is not None else []
     turns = f", taking turns on CPUs {cpus[0]} and {cpus[1]}, the worker on the other" if cpus else ""
+    also = ", proxy over the Unix socket" if unix is not None else ""
     print(
-        f"single queries (local 1 thr, proxy): {plan.rounds} alternating rounds{turns}; "
+        f"single queries (local 1 thr, proxy{also}): {plan.rounds} alternating rounds{turns}; "
         f"this process {huge_pages_note()}"
     )
     outcomes: list[bool] = []
@@ -464,15 +508,23 @@ def run(plan: Plan, url: str, server_pid: int | None = None) -> bool:
         default, default_index = measure(lambda: faiss.IndexFlatL2(D), data, plan)
         default_index.reset()
         proxy, remote_index = measure(lambda: faiss_proxy.IndexFlatL2(D), data, plan)
+        remotes = [remote_index]
+        if unix is not None:  # the same server, over its Unix socket: single queries only
+            remotes.append(unix.lookup("IndexFlatL2")(D))
+            remotes[1].add(data.xb)
+            if not np.array_equal(remotes[1].search(data.xq[:10], K)[1], remote_index.search(data.xq[:10], K)[1]):
+                raise SystemExit("search over the Unix socket differs from search over TCP")
         with omp_threads(1):
-            (b50, b99), (p50, p99), rounds = alternate_single_queries(
-                local_index, remote_index, data.xq, plan, cpus, server_pid
+            (b50, b99), measured, rounds = alternate_single_queries(
+                local_index, remotes, data.xq, plan, cpus, server_pid
             )
         base = dataclasses.replace(base, p50_us=b50, p99_us=b99)
-        proxy = dataclasses.replace(proxy, p50_us=p50, p99_us=p99)
+        proxy = dataclasses.replace(proxy, p50_us=measured[0][0], p99_us=measured[0][1])
+        over_unix = (*measured[1], rounds[1]) if unix is not None else None
         local_index.reset()
-        remote_index.reset()
-        outcomes += print_report(nb, base, default, proxy, check, rounds)
+        for remote in remotes:
+            remote.reset()
+        outcomes += print_report(nb, base, default, proxy, check, rounds[0], over_unix)
     return all(outcomes)
 
 
@@ -506,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="benchmark this running server instead of starting one")
     parser.add_argument("--key", help="API key for --url")
     parser.add_argument(
+        "--unix-url", help="with --url: also measure single queries over this unix:///path (its unix_socket)"
+    )
+    parser.add_argument(
         "--plain-local",
         action="store_true",
         help="measure local FAISS in a plain process (small pages), not like for like with the workers",
@@ -518,14 +573,20 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
 
     started = time.perf_counter()
-    server: contextlib.AbstractContextManager[tuple[str, str, int | None]]
-    server = contextlib.nullcontext((args.url, args.key, None)) if args.url else local_server()
-    with server as (url, key, server_pid):
+    server: contextlib.AbstractContextManager[tuple[str, str, int | None, str | None]]
+    if args.url:
+        server = contextlib.nullcontext((args.url, args.key, None, args.unix_url))
+    else:
+        server = local_server()
+    with server as (url, key, server_pid, unix_url):
         faiss_proxy.configure(api_url=url, api_key=key)
+        unix = Client(unix_url, key) if unix_url else None
         try:
-            all_pass = run(plan, url, server_pid)
+            all_pass = run(plan, url, server_pid, unix)
         finally:
             faiss_proxy.configure(api_url="")
+            if unix is not None:
+                unix.close()
     print(f"\n{'all targets met' if all_pass else 'some targets missed'}; ran {time.perf_counter() - started:.0f} s")
     return 0 if all_pass else 1
 

@@ -64,7 +64,9 @@ def configure(
     spin_us: float | None = None,
     ca: str | None = None,
 ) -> None:
-    """Point this module at a faiss-proxy server.
+    """Point this module at a faiss-proxy server: ``http://host:port``,
+    ``https://host:port``, or on the server's machine ``unix:///path`` (its
+    ``unix_socket``).
 
     Arguments left out are read from ``FAISS_PROXY_URL``, ``FAISS_PROXY_API_KEY``,
     ``FAISS_PROXY_TIMEOUT`` (seconds a call may take; default 600),

@@ -74,9 +74,15 @@ class AuthenticationError(PermissionError):
 # connection
 # --------------------------------------------------------------------------------------
 def _parse_url(url: str) -> tuple[str, int, str]:
+    """(host, port, path prefix) of an ``http(s)://`` URL; for ``unix:///path``
+    (the server's ``unix_socket``), ("", 0, the socket's path)."""
     parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "unix":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise ValueError(f"a Unix socket URL names an absolute path: unix:///path/to/socket, not {url!r}")
+        return "", 0, parts.path
     if parts.scheme not in ("http", "https", ""):
-        raise ValueError(f"unsupported URL scheme in {url!r}: use http://host:port or https://host:port")
+        raise ValueError(f"unsupported URL scheme in {url!r}: use http://host:port, https://host:port or unix:///path")
     if not parts.hostname:
         raise ValueError(f"no host in URL {url!r}")
     return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), parts.path.rstrip("/")
@@ -125,11 +131,21 @@ def _error_message(sock: socket.socket, headers: dict[str, str], body: bytes) ->
 
 
 def open_rpc_socket(url: str, api_key: str, timeout: float = 30.0, ca: str | None = None) -> socket.socket:
-    """Open a TCP (or TLS, for ``https://``) connection and upgrade ``GET /v1/rpc``
-    to an RPC session."""
+    """Open a TCP (or TLS, for ``https://``; Unix socket, for ``unix://``)
+    connection and upgrade ``GET /v1/rpc`` to an RPC session."""
     host, port, prefix = _parse_url(url)
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        if not host:  # unix:///path: the path is the socket's
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(prefix)
+            except BaseException:
+                sock.close()
+                raise
+            host, prefix = "localhost", ""
+        else:
+            sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise ConnectionError(f"cannot reach faiss-proxy at {url}: {exc}") from exc
     if url.lower().startswith("https:"):
@@ -150,7 +166,7 @@ def open_rpc_socket(url: str, api_key: str, timeout: float = 30.0, ca: str | Non
         from . import __version__
 
         request = (
-            f"GET {prefix}/v1/rpc HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"GET {prefix}/v1/rpc HTTP/1.1\r\nHost: {host}{f':{port}' if port else ''}\r\n"
             f"Connection: Upgrade\r\nUpgrade: {RPC_PROTOCOL}\r\n"
             f"Authorization: Bearer {api_key}\r\nUser-Agent: faiss-proxy/{__version__}\r\n\r\n"
         )

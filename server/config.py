@@ -44,6 +44,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "127.0.0.1", "Interface the HTTP/RPC port binds to."),
     Setting("port", int, 8000, "TCP port for REST, RPC upgrades and health checks (0 picks a free port)."),
     Setting(
+        "unix_socket",
+        str,
+        "",
+        "Also serve everything the port serves on this Unix socket path (clients on the same machine: "
+        "FAISS_PROXY_URL=unix:///that/path; who may connect is up to the directory's permissions). '': none.",
+    ),
+    Setting(
         "data_dir",
         str,
         "./faiss-proxy-data",
@@ -190,6 +197,7 @@ SETTINGS: tuple[Setting, ...] = (
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
+    unix_socket: str = ""
     data_dir: str = "./faiss-proxy-data"
     worker_idle_timeout: float = 300.0
     worker_start_timeout: float = 30.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import socket
 import ssl
 import sys
 import time
+from pathlib import Path
 
 import tornado.httpserver
 import tornado.iostream
@@ -60,6 +62,7 @@ class Server:
             ]
         )
         self.http: tornado.httpserver.HTTPServer | None = None
+        self.unix_http: tornado.httpserver.HTTPServer | None = None
         self.sockets: list[socket.socket] = []
         self.stopping = False
         # REST connections a worker hands back are served here again (see restdirect).
@@ -67,6 +70,7 @@ class Server:
         self.supervisor.on_keys_used = self.catalog.note_used
 
     async def start(self) -> None:
+        unix = self.bind_unix_socket() if self.settings.unix_socket else None  # first: its errors are the likelier
         self.sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
         self.http = tornado.httpserver.HTTPServer(
             self.router,
@@ -75,13 +79,47 @@ class Server:
             ssl_options=self.ssl_context(),
         )
         self.http.add_sockets(self.sockets)
+        if unix is not None:
+            # The same application, never over TLS: the connection stays on this machine.
+            self.unix_http = tornado.httpserver.HTTPServer(
+                self.router, xheaders=False, max_body_size=self.settings.max_body_mb * 1024 * 1024
+            )
+            self.unix_http.add_sockets([unix])
         self.supervisor.start()
         self.access.start()
+
+    def bind_unix_socket(self) -> socket.socket:
+        """The ``unix_socket`` listener: mode 0666, so that the permissions of the
+        directories above it decide who may connect (as the host decides for the TCP
+        port; either way only a valid API key gets further).  A stale socket left by
+        a server that died is replaced; any other file at that path is an error."""
+        path = self.unix_socket_path
+        if path.exists() and not path.is_socket():
+            raise SystemExit(f"cannot serve on the Unix socket {path} (unix_socket): a file that is no socket is there")
+        if path.is_socket():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                pass  # nobody listens: a stale socket
+            else:
+                raise SystemExit(f"another server is listening on the Unix socket {path} (unix_socket)")
+            finally:
+                probe.close()
+        try:
+            return tornado.netutil.bind_unix_socket(str(path), mode=0o666, backlog=128)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"cannot serve on the Unix socket {path} (unix_socket): {exc}") from None
+
+    @property
+    def unix_socket_path(self) -> Path:
+        return Path(self.settings.unix_socket).expanduser().absolute()
 
     def take_back(self, sock: socket.socket, carried: bytes) -> None:
         """Serve a REST connection a worker handed back, starting with the bytes it had
         read (its next request), as if it had just been accepted."""
-        if self.http is None or self.stopping:
+        http = self.unix_http if sock.family == socket.AF_UNIX else self.http
+        if http is None or self.stopping:
             sock.close()
             return
         try:
@@ -89,7 +127,7 @@ class Server:
         except OSError:  # the client has gone
             sock.close()
             return
-        self.http.handle_stream(_CarriedIOStream(sock, carried), address)
+        http.handle_stream(_CarriedIOStream(sock, carried), address)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         s = self.settings
@@ -116,6 +154,13 @@ class Server:
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
+    @property
+    def urls(self) -> str:
+        """Where this server listens, for the start-up line."""
+        if not self.settings.unix_socket:
+            return self.url
+        return f"{self.url} and unix://{self.unix_socket_path}"
+
     async def stop(self) -> None:
         """Graceful: stop accepting, let in-flight REST requests finish, let workers
         finish their calls and snapshot (all within ``shutdown_timeout``), then close."""
@@ -123,14 +168,19 @@ class Server:
         deadline = time.monotonic() + timeout
         self.access.stop()
         self.stopping = True
-        if self.http is not None:
-            self.http.stop()
+        for http in (self.http, self.unix_http):
+            if http is not None:
+                http.stop()
         inflight = self.app.settings["inflight"]
         while inflight.count > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         await self.supervisor.drain(max(1.0, deadline - time.monotonic()))
-        if self.http is not None:
-            await self.http.close_all_connections()
+        for http in (self.http, self.unix_http):
+            if http is not None:
+                await http.close_all_connections()
+        if self.settings.unix_socket:
+            with contextlib.suppress(OSError):
+                self.unix_socket_path.unlink()
 
 
 class _CarriedIOStream(tornado.iostream.IOStream):
@@ -154,7 +204,7 @@ async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then stop workers and exit cleanly."""
     server = Server(settings)
     await server.start()
-    log.info("faiss-proxy listening on %s (data dir %s)", server.url, settings.data_path)
+    log.info("faiss-proxy listening on %s (data dir %s)", server.urls, settings.data_path)
     if server.generated_admin_password:
         _show_generated_password(server.url, server.generated_admin_password, settings.log_format)
     if not server.catalog.list_tenants():
