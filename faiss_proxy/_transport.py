@@ -87,6 +87,55 @@ _MAX_PLANS = 64
 _MAX_PLAN_KEY = 2048
 
 
+#: What a plan returns when the call has written its results into the arrays the
+#: transport gave it (see ServerConnection): the reply frame around them is complete.
+FILLED = "filled"
+
+
+class _ReplyFrame:
+    """A reusable reply frame for a plan whose result is arrays it can write into
+    (``index.search(x, k, D=D, I=I)``): head, body and the arrays' room in one
+    buffer, so after the call only the sequence number is written and one
+    ``sendall`` sends it all.  (Run on the session's leading thread only, one call
+    at a time; a frame that has to wait in the send queue goes as a copy.)"""
+
+    __slots__ = ("body", "outputs", "seq_at", "wire")
+
+    def __init__(self, body: bytes, specs: tuple[tuple[np.dtype, tuple[int, ...]], ...]) -> None:
+        sizes = [dtype.itemsize * int(np.prod(shape)) for dtype, shape in specs]
+        head = _HEADS[len(specs)].pack(_TYPE_SEQ.size + len(body), len(specs), 0, *sizes)
+        head += bytes((MSG_FAST_REPLY,))
+        before = len(head) + SEQ.size + len(body)
+        shift = -before % 64  # the arrays start on a 64-byte boundary of the buffer
+        buffer = bytearray(shift + before + sum(sizes))
+        buffer[shift : shift + len(head)] = head
+        buffer[shift + len(head) + SEQ.size : shift + before] = body
+        self.body = body
+        self.seq_at = len(head)  # in ``wire``
+        self.wire = memoryview(buffer)[shift:]
+        outputs, offset = [], shift + before
+        for (dtype, shape), size in zip(specs, sizes, strict=True):
+            outputs.append(np.ndarray(shape, dtype, buffer, offset))
+            offset += size
+        self.outputs = tuple(outputs)
+
+
+def reply_frame(body: bytes, specs: Any) -> _ReplyFrame | None:
+    """A :class:`_ReplyFrame` for this reply body and result arrays, or None where
+    one cannot serve (too many arrays, a frame over 64 KiB, an array that would
+    not be aligned for its dtype)."""
+    if not 0 < len(specs) < len(_HEADS):
+        return None
+    offset = 0
+    for dtype, shape in specs:
+        if offset % dtype.alignment:
+            return None
+        offset += dtype.itemsize * int(np.prod(shape))
+    if offset + len(body) > _SMALL:
+        return None
+    return _ReplyFrame(body, specs)
+
+
 #: Numbers that name a worker's objects to its peers (in id-packs, and as their
 #: hash): unique in the process and never reused, from a random start so that an
 #: id-pack of another worker's session names nothing here.  RPyC's own id-packs are
@@ -341,7 +390,7 @@ class FrameChannel:
             raise ValueError("reference to a missing frame attachment")
         return attachments[index]
 
-    def send(self, frame: tuple[bytes, Any]) -> None:
+    def send(self, frame: tuple[bytes | memoryview, Any]) -> None:
         """Send ``(meta, attachments)`` as one frame, or ``(frame bytes, None)``: a
         frame already encoded whole."""
         meta, attachments = frame
@@ -476,7 +525,7 @@ class FramedConnection(Connection):
         # this thread already holds the send lock.
         self._send_raw(brine.I1.pack(msg) + brine.dump((seq, args)), attachments or [])
 
-    def _send_raw(self, meta: bytes, attachments: list[np.ndarray] | None) -> None:
+    def _send_raw(self, meta: bytes | memoryview, attachments: list[np.ndarray] | None) -> None:
         """Queue an already encoded frame (same discipline as :meth:`_send`);
         ``attachments`` None: ``meta`` is the whole frame (:meth:`FrameChannel.send`)."""
         if not self._send_queue and self._sendlock.acquire(False):
@@ -488,7 +537,9 @@ class FramedConnection(Connection):
             if not self._send_queue:  # (a netref __del__ may have queued one meanwhile)
                 return
         else:
-            self._send_queue.append((meta, attachments))
+            # (A frame in a reusable buffer, a memoryview, is copied: it may be
+            # written again before the queue gets to it.)
+            self._send_queue.append((bytes(meta) if type(meta) is memoryview else meta, attachments))
         while self._send_queue:
             if not self._sendlock.acquire(False):
                 return
@@ -735,6 +786,7 @@ class ServerConnection(FramedConnection):
     _settle: Any = staticmethod(_nothing)
     _plans: dict[bytes, tuple[Any, tuple[Any, ...] | None] | None]  # request bytes: (plan, target's id-pack)
     _reply_heads: dict[bytes, tuple[bytes, int]]  # a plan's reply body: its frames' head and length
+    _frames: dict[Any, tuple[bytes, _ReplyFrame | None]]  # a plan: its reply body, the frame (see _frame_for)
 
     def serve_session(self, threads: int, spin: float = 0.0) -> None:
         """Serve requests with ``threads`` threads, leader/follower style.
@@ -761,6 +813,7 @@ class ServerConnection(FramedConnection):
         self._settle = getattr(self._local_root, "settle", None) or _nothing
         self._plans = {}
         self._reply_heads = {}
+        self._frames = {}
         if self._channel._tls:
             spin = 0.0  # no MSG_DONTWAIT reads on an SSL socket
         channel = self._channel
@@ -799,9 +852,9 @@ class ServerConnection(FramedConnection):
                 self._reply_exception(seq)
                 return (True, "done", None)
 
-        def execute(kind: str, payload: Any) -> None:
+        def execute(kind: str, payload: Any, quick: bool = False) -> None:
             if kind == "fast" and payload is not None:
-                self._execute_fast(*payload)
+                self._execute_fast(*payload, quick=quick)
             elif kind == "rpyc":
                 self._execute(*payload)
 
@@ -827,7 +880,7 @@ class ServerConnection(FramedConnection):
                             payload = self._resolve(fast[1], fast[2], fast[3])
                             fast = None
                             if payload is not None:
-                                self._execute_fast(*payload)
+                                self._execute_fast(*payload, quick=True)
                                 payload = None
                             answered = True
                             continue
@@ -840,7 +893,7 @@ class ServerConnection(FramedConnection):
                         request = None
                         if not quick:
                             break
-                        execute(kind, payload)
+                        execute(kind, payload, True)
                         payload = None  # its buffers may be reused by the next read
                         answered = True
                 execute(kind, payload)
@@ -904,13 +957,28 @@ class ServerConnection(FramedConnection):
         tree: Any,
         buffers: tuple[Any, ...],
         refs: tuple[Any, ...],
+        *,
+        quick: bool = False,
     ) -> None:
+        """Answer a fast request.  ``quick``: run on the session's leading thread,
+        one call at a time, so a plan may write its result into this session's
+        reply frame for it (see :class:`_ReplyFrame`)."""
+        meta: bytes | memoryview
         try:
-            if plan is not None:
+            frame = self._frame_for(plan) if quick and plan is not None else None
+            if frame is not None:
+                reply = plan(target, buffers, frame.outputs)
+                if reply is FILLED:
+                    SEQ.pack_into(frame.wire, frame.seq_at, seq)
+                    meta, attachments = frame.wire, None
+                    reply = None
+            elif plan is not None:
                 reply = plan(target, buffers)
             else:
                 reply = self._local_root.fast_operation(op)(target, name, tree, buffers, refs)
-            if len(reply) == 2:  # a plan's reply, body already encoded
+            if reply is None:
+                pass  # the frame above
+            elif len(reply) == 2:  # a plan's reply, body already encoded
                 body, attachments = reply
                 known = self._reply_heads.get(body)
                 wire = None
@@ -944,6 +1012,21 @@ class ServerConnection(FramedConnection):
         if plan is None and key not in self._plans and len(key) <= _MAX_PLAN_KEY:
             self._learn(key, op, name, target, tree, buffers, refs)
         self._settle()
+
+    def _frame_for(self, plan: Any) -> _ReplyFrame | None:
+        """This session's reply frame for ``plan``, made (or made again) for the reply
+        the plan knows now; None when the plan has none to fill (``plan.fills()``
+        gives the reply body and the result arrays' dtypes and shapes, or None)."""
+        fills = getattr(plan, "fills", None)
+        known = fills() if fills is not None else None
+        if known is None:
+            return None
+        made = self._frames.get(plan)
+        if made is None or made[0] is not known[0]:
+            if len(self._frames) >= _MAX_PLANS:
+                self._frames.clear()
+            made = self._frames[plan] = (known[0], reply_frame(*known))
+        return made[1]
 
     def _learn_head(self, body: bytes, attachments: list[np.ndarray]) -> None:
         """Keep the frame head (header, attachment lengths, message type) of a plan's

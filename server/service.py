@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from faiss_proxy import _wire as w
-from faiss_proxy._transport import next_wire_number
+from faiss_proxy._transport import FILLED, next_wire_number
 
 from .errors import ProxyError, TooManyRequests
 from .limits import TokenBucket
@@ -445,7 +445,8 @@ class FaissService:
         if checked_method(name, _plan) is not _plan:
             return None  # a method whose arguments are checked first (none is read-only)
         sizes = tuple(int(b.nbytes) for b in buffers)
-        return CallPlan(self, name, sizes, tuple(args), tuple(slots), kwargs, rows)
+        fillable = not kwargs and _fills_d_and_i(getattr(target.obj, name))
+        return CallPlan(self, name, sizes, tuple(args), tuple(slots), kwargs, rows, fillable)
 
     def _encode_planned(self, plan: CallPlan, obj: Any, result: Any, arrays: list[np.ndarray]) -> Reply:
         """The reply of a planned call whose result is new in shape: encoded the
@@ -594,7 +595,7 @@ class CallPlan:
     positional arguments with the arrays' places left open, and the encoded reply
     of the result shapes seen last."""
 
-    __slots__ = ("args", "kwargs", "label", "name", "reply", "rows", "service", "sizes", "slots")
+    __slots__ = ("args", "fillable", "kwargs", "label", "name", "reply", "rows", "service", "sizes", "slots")
 
     def __init__(
         self,
@@ -605,6 +606,7 @@ class CallPlan:
         slots: tuple[tuple[int, int, np.dtype, tuple[int, ...]], ...],
         kwargs: dict[str, Any],
         rows: int,
+        fillable: bool = False,
     ) -> None:
         self.service = service
         self.name = name
@@ -614,11 +616,24 @@ class CallPlan:
         self.kwargs = kwargs
         self.rows = rows
         self.label = f"call.{name}"
+        # The method takes the arrays it returns as D= and I= (faiss's search does):
+        # then the transport may have it write them into its reply frame.
+        self.fillable = fillable
         # The dtypes and shapes of the result arrays seen last, their encoded reply
         # body, and whether the result was a tuple: one value, read once per call.
         self.reply: tuple[tuple[Any, ...] | None, bytes, bool] = (None, b"", False)
 
-    def __call__(self, target: Handle, buffers: tuple[np.ndarray, ...]) -> Any:
+    def fills(self) -> tuple[bytes, tuple[tuple[np.dtype, tuple[int, ...]], ...]] | None:
+        """The reply body and the dtypes and shapes of the (D, I) arrays this call
+        can write into, once a call has shown them; else None."""
+        shapes, body, is_tuple = self.reply
+        if not self.fillable or not is_tuple or shapes is None or len(shapes) != 2:
+            return None
+        return body, shapes
+
+    def __call__(
+        self, target: Handle, buffers: tuple[np.ndarray, ...], outputs: tuple[np.ndarray, ...] | None = None
+    ) -> Any:
         """Answer the call as :meth:`FaissService.op_call` would, counted and timed
         as every operation is (:func:`_operation`, written out: this is the hot
         path): ``(reply body, result arrays)`` when the result has the dtypes and
@@ -640,11 +655,17 @@ class CallPlan:
                 args[position] = array
                 arrays.append(array)
             service.policy.apply_rows(self.rows)
+            kwargs = self.kwargs if outputs is None else {"D": outputs[0], "I": outputs[1]}
             if target.named is None:
-                result = method(*args, **self.kwargs)
+                result = method(*args, **kwargs)
             else:
                 with target.named.reading():
-                    result = method(*args, **self.kwargs)
+                    result = method(*args, **kwargs)
+            if outputs is not None and type(result) is tuple and len(result) == 2:
+                if result[0] is outputs[0] and result[1] is outputs[1]:
+                    # Written where the transport's reply frame holds them.
+                    service._answered.call = (self.label, _perf_counter() - started)
+                    return FILLED
             # Arrays of the dtypes and shapes the last call returned: the reply body is known.
             shapes, body, is_tuple = self.reply  # one read: another thread may replace it meanwhile
             if is_tuple and shapes is not None and type(result) is tuple and len(result) == len(shapes):
@@ -672,6 +693,18 @@ class CallPlan:
             raise converted from None
         service._answered.call = (self.label, _perf_counter() - started)
         return reply
+
+
+def _fills_d_and_i(method: Any) -> bool:
+    """Whether ``method`` takes its result arrays as keyword-only D= and I= to write
+    into (faiss's Python search wrappers do)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(key in parameters and parameters[key].kind is inspect.Parameter.KEYWORD_ONLY for key in ("D", "I"))
 
 
 def _named_of(refs: Any) -> tuple[NamedIndex, tuple[Any, ...]] | None:

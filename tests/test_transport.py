@@ -312,16 +312,31 @@ def test_a_calls_request_body_is_cached_by_what_makes_it() -> None:
         assert _call_key("search", a, (arg,)) is None
 
 
-def test_the_service_plans_a_repeated_search_and_answers_it_as_faiss_does() -> None:
+@pytest.mark.parametrize("k", [4, 5])
+def test_the_service_plans_a_repeated_search_and_answers_it_as_faiss_does(
+    k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The real service plans a search repeated with new queries of the same shape
     (its request decoded once, its reply encoded once), and every planned answer is
-    local faiss's.  A planned call whose result changes shape (``range_search``) is
-    answered the general way, again as faiss does.  Planned calls are counted."""
+    local faiss's: with k=4 faiss writes D and I straight into the session's reply
+    frame; with k=5, I would not be aligned there, so the reply is joined as usual.
+    A planned call whose result changes shape (``range_search``) is answered the
+    general way, again as faiss does.  Planned calls are counted."""
     import time
 
     import faiss
 
+    from faiss_proxy import _transport
     from faiss_proxy import _wire as w
+
+    frames: list[Any] = []
+    real = _transport.reply_frame
+
+    def recording(body: bytes, specs: Any) -> Any:
+        frames.append(real(body, specs))
+        return frames[-1]
+
+    monkeypatch.setattr(_transport, "reply_frame", recording)
     from faiss_proxy_server.metrics import OperationStats
     from faiss_proxy_server.reflection import Reflection
     from faiss_proxy_server.service import CallPlan, FaissService, ThreadPolicy
@@ -353,9 +368,9 @@ def test_the_service_plans_a_repeated_search_and_answers_it_as_faiss_does() -> N
         index = refs[node[1]]
         call("call", "add", index, xb)
         for i in range(len(xq)):
-            (result, _), buffers, _ = call("call", "search", index, xq[i : i + 1], 5)
+            (result, _), buffers, _ = call("call", "search", index, xq[i : i + 1], k)
             D, I = (w.array_from_buffer(n, buffers) for n in result[1:])
-            D0, I0 = local.search(xq[i : i + 1], 5)
+            D0, I0 = local.search(xq[i : i + 1], k)
             np.testing.assert_array_equal(I, I0)
             np.testing.assert_array_equal(D, D0)
         for i in range(4):
@@ -366,6 +381,8 @@ def test_the_service_plans_a_repeated_search_and_answers_it_as_faiss_does() -> N
             np.testing.assert_array_equal(I, I0)
         searches = [p for p in made if isinstance(p, CallPlan) and p.name == "search"]
         assert len(searches) == 1 and searches[0].reply[0] is not None  # planned once, its reply known
+        assert searches[0].fills() is not None  # faiss's search takes D= and I=
+        assert len(frames) == 1 and (frames[0] is not None) == (k == 4)  # one frame, made once, where aligned
         assert any(isinstance(p, CallPlan) and p.name == "range_search" for p in made)
         deadline = time.monotonic() + 5
         while service.stats.calls < 2 + len(xq) + 4 and time.monotonic() < deadline:
@@ -376,3 +393,28 @@ def test_the_service_plans_a_repeated_search_and_answers_it_as_faiss_does() -> N
     finally:
         client.close()
         serving.join(5)
+
+
+def test_a_frame_in_a_reusable_buffer_is_copied_when_it_has_to_wait() -> None:
+    """A whole frame passed as a memoryview (a reply frame the next call writes
+    again) goes out at once when nobody is sending; when it has to wait in the send
+    queue, the queue holds a copy, so what is sent is what was passed."""
+    from faiss_proxy._transport import _HEADS, ClientConnection, client_config
+
+    a, b = socket.socketpair()
+    sender, receiver = ClientConnection(FrameChannel(a), client_config(10)), FrameChannel(b)
+    try:
+        meta = b"\x42" + bytes(8) + b"first"
+        buffer = bytearray(_HEADS[0].pack(len(meta), 0, 0) + meta)
+        sender._send_raw(memoryview(buffer), None)  # nobody sending: at once
+        assert receiver.recv() == meta
+        assert sender._sendlock.acquire(False)  # somebody is sending
+        sender._send_raw(memoryview(buffer), None)  # so it waits in the queue...
+        buffer[-5:] = b"later"  # ...while its buffer is written again
+        sender._sendlock.release()
+        sender._send_raw(bytes(_HEADS[0].pack(1, 0, 0)) + b"x", None)  # the next send drains the queue
+        assert receiver.recv() == meta  # the frame as it was passed
+        assert receiver.recv() == b"x"
+    finally:
+        sender._channel.close()
+        receiver.close()
