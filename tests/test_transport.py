@@ -158,13 +158,15 @@ def test_spin_recv_without_yielding_rides_out_short_gaps(monkeypatch: pytest.Mon
         assert (clock.now >= 0.05) is spins_to_the_deadline, (step, give_way, clock.now)
 
 
-def _session(service: Any) -> tuple[Any, threading.Thread]:
-    """A client connection to ``service`` served by a ServerConnection on a thread."""
+def _session(service: Any, spin: float = 0.0) -> tuple[Any, threading.Thread]:
+    """A client connection to ``service`` served by a ServerConnection on a thread
+    (with ``spin``, the worker's busy-wait between calls, the serving thread takes
+    each request whole from its read buffer, as a server's worker does)."""
     from faiss_proxy._transport import ClientConnection, ServerConnection, client_config, server_config
 
     a, b = socket.socketpair()
     server = ServerConnection(service, FrameChannel(b), server_config("t"))
-    serving = threading.Thread(target=server.serve_session, args=(1,), daemon=True)
+    serving = threading.Thread(target=server.serve_session, args=(1, spin), daemon=True)
     serving.start()
     return ClientConnection(FrameChannel(a), client_config(10)), serving
 
@@ -213,7 +215,8 @@ def test_the_service_counts_a_call_after_its_answer_went_out() -> None:
     assert service.settled == [True, False, True]
 
 
-def test_a_repeated_request_is_answered_by_the_services_plan() -> None:
+@pytest.mark.parametrize("spin", [0.0, 0.05])
+def test_a_repeated_request_is_answered_by_the_services_plan(spin: float) -> None:
     """After a fast request worked, the service may plan it; the same request bytes
     (but for the sequence number) with the same buffer sizes then go to the plan,
     anything else to the full path.  A plan may answer with an encoded body."""
@@ -226,9 +229,10 @@ def test_a_repeated_request_is_answered_by_the_services_plan() -> None:
 
         def __call__(self, target: Any, buffers: Any) -> Any:
             self.calls += 1
+            arrays = [np.frombuffer(x, np.uint8).copy() for x in buffers]
             if self.calls == 1:  # a reply to encode, as a handler gives
-                return ["planned", []], tuple(Blob(x) for x in buffers), ()
-            return pack_json([["planned-encoded", []], []]), [buffers[0] * 2]
+                return ["planned", []], tuple(Blob(x) for x in arrays), ()
+            return pack_json([["planned-encoded", []], []]), [arrays[0] * 2]
 
     class Service:
         def __init__(self) -> None:
@@ -247,7 +251,7 @@ def test_a_repeated_request_is_answered_by_the_services_plan() -> None:
         def plan(self, op: Any, name: Any, target: Any, tree: Any, buffers: Any, refs: Any) -> Any:
             if tree == "unplanned":
                 return None
-            self.plans.append(Plan(tuple(b.nbytes for b in buffers)))
+            self.plans.append(Plan(tuple(len(bytes(b)) for b in buffers)))
             return self.plans[-1]
 
         def on_connect(self, conn: Any) -> None:
@@ -257,7 +261,7 @@ def test_a_repeated_request_is_answered_by_the_services_plan() -> None:
             pass
 
     service = Service()
-    client, serving = _session(service)
+    client, serving = _session(service, spin)
     four = np.arange(4, dtype=np.uint8)
     try:
 
@@ -312,9 +316,10 @@ def test_a_calls_request_body_is_cached_by_what_makes_it() -> None:
         assert _call_key("search", a, (arg,)) is None
 
 
+@pytest.mark.parametrize("spin", [0.0, 0.05])
 @pytest.mark.parametrize("k", [4, 5])
 def test_the_service_plans_a_repeated_search_and_answers_it_as_faiss_does(
-    k: int, monkeypatch: pytest.MonkeyPatch
+    k: int, spin: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real service plans a search repeated with new queries of the same shape
     (its request decoded once, its reply encoded once), and every planned answer is
@@ -351,7 +356,7 @@ def test_the_service_plans_a_repeated_search_and_answers_it_as_faiss_does(
 
     stats = OperationStats()
     service = Spy(Reflection(faiss), ThreadPolicy(faiss.omp_set_num_threads, 1, 20), "test", op_stats=stats)
-    client, serving = _session(service)
+    client, serving = _session(service, spin)
     rng = np.random.default_rng(7)
     xb = rng.random((300, 16), dtype=np.float32)
     xq = rng.random((12, 16), dtype=np.float32)
