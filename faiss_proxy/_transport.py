@@ -774,7 +774,11 @@ class ServerConnection(FramedConnection):
     may return a *plan* for it: an object with ``sizes`` (the byte size of each
     buffer) and a ``__call__(target, buffers)`` that answers the same request,
     returning a hot operation's reply or, where it can, ``(encoded body,
-    attachments)``.  The session keeps the plans by
+    attachments)``.  A plan may also have ``fills()``, giving a reply body and the
+    dtypes and shapes of arrays it can write its result into: answered on the
+    leading thread, it is then called as ``__call__(target, buffers, outputs)``
+    with the arrays of a reply frame kept for it (:class:`_ReplyFrame`), and
+    returns :data:`FILLED` when it wrote them.  The session keeps the plans by
     the request's bytes after the sequence number (at most 64, requests up to
     2 KiB), and a request with the same bytes and buffer sizes is answered by its
     plan: no JSON to parse, no tree to decode or encode.  The target is still

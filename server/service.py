@@ -637,7 +637,10 @@ class CallPlan:
         """Answer the call as :meth:`FaissService.op_call` would, counted and timed
         as every operation is (:func:`_operation`, written out: this is the hot
         path): ``(reply body, result arrays)`` when the result has the dtypes and
-        shapes of the last one, else the reply, encoded the general way."""
+        shapes of the last one, else the reply, encoded the general way.  With
+        ``outputs`` (the transport's reply frame's arrays, of the shapes
+        :meth:`fills` gave), faiss writes D and I into them, and :data:`FILLED`
+        says it did."""
         service = self.service
         started = _perf_counter()
         op_stats = service.op_stats
