@@ -106,13 +106,14 @@ class _ReplyFrame:
         head = _HEADS[len(specs)].pack(_TYPE_SEQ.size + len(body), len(specs), 0, *sizes)
         head += bytes((MSG_FAST_REPLY,))
         before = len(head) + SEQ.size + len(body)
-        shift = -before % 64  # the arrays start on a 64-byte boundary of the buffer
-        buffer = bytearray(shift + before + sum(sizes))
+        buffer = bytearray(64 + before + sum(sizes))
+        # The arrays start on a 64-byte boundary (the buffer itself may start anywhere).
+        shift = -(np.frombuffer(buffer, np.uint8).ctypes.data + before) % 64
         buffer[shift : shift + len(head)] = head
         buffer[shift + len(head) + SEQ.size : shift + before] = body
         self.body = body
         self.seq_at = len(head)  # in ``wire``
-        self.wire = memoryview(buffer)[shift:]
+        self.wire = memoryview(buffer)[shift : shift + before + sum(sizes)]
         outputs, offset = [], shift + before
         for (dtype, shape), size in zip(specs, sizes, strict=True):
             outputs.append(np.ndarray(shape, dtype, buffer, offset))

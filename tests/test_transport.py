@@ -423,3 +423,38 @@ def test_a_frame_in_a_reusable_buffer_is_copied_when_it_has_to_wait() -> None:
     finally:
         sender._channel.close()
         receiver.close()
+
+
+@pytest.mark.parametrize("body_len", [1, 7, 64, 200])
+def test_a_reply_frame_is_one_well_formed_frame_with_aligned_arrays(body_len: int) -> None:
+    """What a plan fills is exactly one frame: a reader gets the body and the arrays
+    written into the frame's outputs, and nothing after them; the outputs start on a
+    64-byte boundary and are aligned for their dtypes.  Arrays that could not be
+    aligned there, or too many or too large, get no frame."""
+    from faiss_proxy._transport import _SMALL, MSG_FAST_REPLY, SEQ, reply_frame
+
+    body = b"x" * body_len
+    specs = ((np.dtype("float32"), (2, 3)), (np.dtype("int64"), (2, 3)))
+    frame = reply_frame(body, specs)
+    assert frame is not None
+    assert frame.outputs[0].ctypes.data % 64 == 0 and frame.outputs[1].ctypes.data % 8 == 0
+    frame.outputs[0][:] = np.arange(6, dtype=np.float32).reshape(2, 3)
+    frame.outputs[1][:] = -np.arange(6).reshape(2, 3)
+    SEQ.pack_into(frame.wire, frame.seq_at, 77)
+    a, b = socket.socketpair()
+    receiver = FrameChannel(b)
+    try:
+        a.sendall(frame.wire)
+        a.sendall(bytes(frame.wire))  # twice: the first frame must end where it says
+        for _ in range(2):
+            meta = receiver.recv()
+            assert meta[0] == MSG_FAST_REPLY and SEQ.unpack_from(meta, 1)[0] == 77 and meta[9:] == body
+            d, i = receiver.take_attachments()
+            np.testing.assert_array_equal(d.view(np.float32).reshape(2, 3), frame.outputs[0])
+            np.testing.assert_array_equal(i.view(np.int64).reshape(2, 3), frame.outputs[1])
+    finally:
+        a.close()
+        receiver.close()
+    assert reply_frame(body, ((np.dtype("float32"), (1, 5)), (np.dtype("int64"), (1, 5)))) is None  # I unaligned
+    assert reply_frame(body, specs * 2) is None  # four arrays
+    assert reply_frame(body, ((np.dtype("uint8"), (_SMALL,)),)) is None  # over 64 KiB
