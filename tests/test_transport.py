@@ -443,6 +443,7 @@ def test_a_reply_frame_is_one_well_formed_frame_with_aligned_arrays(body_len: in
     SEQ.pack_into(frame.wire, frame.seq_at, 77)
     a, b = socket.socketpair()
     receiver = FrameChannel(b)
+    b.settimeout(5)  # a frame that says more than it holds fails, not hangs
     try:
         a.sendall(frame.wire)
         a.sendall(bytes(frame.wire))  # twice: the first frame must end where it says
