@@ -202,7 +202,7 @@ def arrays_decoder(node: Any) -> Callable[[tuple[Any, ...]], Any] | None:
             buf = buffers[index]
             if expected != buf.nbytes:
                 raise ValueError(f"refused array: shape {shape} of {dt} needs {expected} bytes, got {buf.nbytes}")
-            out.append(buf.view(dt).reshape(shape))
+            out.append(np.ndarray(shape, dt, buf))  # (one call: view and reshape in one)
         return out[0] if single else tuple(out)
 
     return decode
