@@ -87,6 +87,16 @@ _MAX_PLANS = 64
 _MAX_PLAN_KEY = 2048
 
 
+def fast_head(msg: int, body: bytes, sizes: list[int]) -> bytes | None:
+    """The head of every small fast frame of type ``msg`` that carries ``body`` and
+    attachments of these sizes: header, attachment lengths and the type byte (the
+    sequence number, the body and the attachments follow).  None when such frames
+    are not small (more than three attachments, over 64 KiB): they go the general way."""
+    if len(sizes) >= len(_HEADS) or len(body) + sum(sizes) > _SMALL:
+        return None
+    return _HEADS[len(sizes)].pack(_TYPE_SEQ.size + len(body), len(sizes), 0, *sizes) + bytes((msg,))
+
+
 #: What a plan returns when the call has written its results into the arrays the
 #: transport gave it (see ServerConnection): the reply frame around them is complete.
 FILLED = "filled"
@@ -101,10 +111,8 @@ class _ReplyFrame:
 
     __slots__ = ("body", "outputs", "seq_at", "wire")
 
-    def __init__(self, body: bytes, specs: tuple[tuple[np.dtype, tuple[int, ...]], ...]) -> None:
+    def __init__(self, body: bytes, specs: tuple[tuple[np.dtype, tuple[int, ...]], ...], head: bytes) -> None:
         sizes = [dtype.itemsize * int(np.prod(shape)) for dtype, shape in specs]
-        head = _HEADS[len(specs)].pack(_TYPE_SEQ.size + len(body), len(specs), 0, *sizes)
-        head += bytes((MSG_FAST_REPLY,))
         before = len(head) + SEQ.size + len(body)
         buffer = bytearray(64 + before + sum(sizes))
         # The arrays start on a 64-byte boundary (the buffer itself may start anywhere).
@@ -125,16 +133,14 @@ def reply_frame(body: bytes, specs: Any) -> _ReplyFrame | None:
     """A :class:`_ReplyFrame` for this reply body and result arrays, or None where
     one cannot serve (too many arrays, a frame over 64 KiB, an array that would
     not be aligned for its dtype)."""
-    if not 0 < len(specs) < len(_HEADS):
-        return None
-    offset = 0
+    offset, sizes = 0, []
     for dtype, shape in specs:
         if offset % dtype.alignment:
             return None
-        offset += dtype.itemsize * int(np.prod(shape))
-    if offset + len(body) > _SMALL:
-        return None
-    return _ReplyFrame(body, specs)
+        sizes.append(dtype.itemsize * int(np.prod(shape)))
+        offset += sizes[-1]
+    head = fast_head(MSG_FAST_REPLY, body, sizes) if specs else None
+    return None if head is None else _ReplyFrame(body, specs, head)
 
 
 #: Numbers that name a worker's objects to its peers (in id-packs, and as their
@@ -643,10 +649,7 @@ class ClientConnection(FramedConnection):
     def request_head(body: bytes, attachments: list[np.ndarray]) -> bytes | None:
         """The head (header, attachment lengths, message type) of every frame that
         carries ``body`` and arrays of these sizes, when such frames are small; else None."""
-        sizes = [a.nbytes for a in attachments]
-        if len(sizes) >= len(_HEADS) or len(body) + sum(sizes) > _SMALL:
-            return None
-        return _HEADS[len(sizes)].pack(_TYPE_SEQ.size + len(body), len(sizes), 0, *sizes) + bytes((MSG_FAST_REQUEST,))
+        return fast_head(MSG_FAST_REQUEST, body, [a.nbytes for a in attachments])
 
     def fast_request_body(
         self, body: bytes, attachments: list[np.ndarray], head: bytes | None = None
@@ -1037,14 +1040,12 @@ class ServerConnection(FramedConnection):
         """Keep the frame head (header, attachment lengths, message type) of a plan's
         reply body, when its frames are small: the body says the arrays' dtypes and
         shapes, so the head is the same for every reply with this body."""
-        count = len(attachments)
         sizes = [a.nbytes for a in attachments]
-        if count >= len(_HEADS) or len(body) + sum(sizes) > _SMALL:
+        head = fast_head(MSG_FAST_REPLY, body, sizes)
+        if head is None:
             return
         if len(self._reply_heads) >= _MAX_PLANS:
             self._reply_heads.clear()
-        meta_len = _TYPE_SEQ.size + len(body)
-        head = _HEADS[count].pack(meta_len, count, 0, *sizes) + bytes((MSG_FAST_REPLY,))
         self._reply_heads[body] = (head, len(head) + SEQ.size + len(body) + sum(sizes))
 
     def _learn(self, key: bytes, *request: Any) -> None:
