@@ -22,13 +22,10 @@ FAISS is measured like for like.  Not a test: nothing fails.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import os
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -53,44 +50,6 @@ def load_base_client(base: Path) -> ModuleType:
     sys.modules["faiss_proxy_base"] = module
     spec.loader.exec_module(module)
     return module
-
-
-@contextlib.contextmanager
-def server(packages: Path | None) -> Iterator[tuple[str, str, int]]:
-    """A server on a free port; its packages from ``packages`` (a directory holding
-    ``faiss_proxy`` and ``faiss_proxy_server``), or this checkout's when None."""
-    with tempfile.TemporaryDirectory(prefix="faiss-proxy-ab-") as tmp:
-        env = dict(os.environ)
-        if packages is not None:
-            env["PYTHONPATH"] = str(packages)  # (workers inherit PYTHON* variables)
-        data_dir, log_path = str(Path(tmp) / "data"), Path(tmp) / "server.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "faiss_proxy_server", "serve", "--port", "0", "--data-dir", data_dir],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=tmp,  # not a checkout: nothing shadows the packages chosen
-            )
-        try:
-            url = bc._wait_for_server(proc, log_path)
-
-            def cli(*args: str) -> str:
-                done = subprocess.run(
-                    [sys.executable, "-m", "faiss_proxy_server", *args, "--data-dir", data_dir],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                    cwd=tmp,
-                    check=True,
-                )
-                return done.stdout
-
-            cli("tenant", "create", "ab")
-            yield url, cli("key", "create", "ab").strip().splitlines()[-1], proc.pid
-        finally:
-            proc.terminate()
-            proc.wait(20)
 
 
 def compare(nb: int, rounds: int, base_index: Any, new_index: Any, pids: list[int]) -> str:
@@ -133,16 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     base = args.base.resolve()
     if not (base / "faiss_proxy").is_dir() or not (base / "server").is_dir():
         parser.error(f"{base} is not a faiss-proxy checkout")
-    env = bc.with_huge_pages(dict(os.environ))
-    if env.get("GLIBC_TUNABLES") != os.environ.get("GLIBC_TUNABLES"):  # as bench_core.like_for_like does
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
+    bc.like_for_like(sys.argv[1:] if argv is None else argv, __file__)
     faiss.omp_set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="faiss-proxy-ab-base-") as links:
         (Path(links) / "faiss_proxy").symlink_to(base / "faiss_proxy")
         (Path(links) / "faiss_proxy_server").symlink_to(base / "server")
         base_client = load_base_client(base)
-        with server(Path(links)) as (base_url, base_key, base_pid), server(None) as (new_url, new_key, new_pid):
+        with (
+            bc.local_server(Path(links)) as (base_url, base_key, base_pid, _),
+            bc.local_server() as (new_url, new_key, new_pid, _),
+        ):
             base_client.configure(api_url=base_url, api_key=base_key)
             faiss_proxy.configure(api_url=new_url, api_key=new_key)
             try:
@@ -150,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                 new_index = faiss_proxy.IndexFlatL2(bc.D)
                 print(f"base {base} against this checkout; {args.rounds} rounds of 50 single queries per size")
                 for nb in args.sizes:
-                    print(compare(nb, args.rounds, base_index, new_index, [base_pid, new_pid]), flush=True)
+                    pids = [pid for pid in (base_pid, new_pid) if pid is not None]
+                    print(compare(nb, args.rounds, base_index, new_index, pids), flush=True)
             finally:
                 base_client.configure(api_url="")
                 faiss_proxy.configure(api_url="")

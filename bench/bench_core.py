@@ -361,9 +361,9 @@ def check_same_result(data: Dataset) -> str:
 # --------------------------------------------------------------------------------------
 # server
 # --------------------------------------------------------------------------------------
-def _cli(*args: str) -> str:
+def _cli(*args: str, env: dict[str, str] | None = None, cwd: str | None = None) -> str:
     cmd = [sys.executable, "-m", "faiss_proxy_server", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=cwd)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args[:2])} failed ({done.returncode}):\n{done.stderr}")
     return done.stdout
@@ -378,13 +378,17 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def local_server() -> Iterator[tuple[str, str, int | None, str]]:
+def local_server(packages: Path | None = None) -> Iterator[tuple[str, str, int | None, str]]:
     """Start ``faiss-proxy serve`` in a temporary data dir, on a free port and a Unix
-    socket; yield (url, api key, pid, the socket's ``unix://`` URL)."""
+    socket; yield (url, api key, pid, the socket's ``unix://`` URL).  ``packages``: a
+    directory holding the ``faiss_proxy`` and ``faiss_proxy_server`` to run instead
+    of the installed ones (``ab_core.py``)."""
     with tempfile.TemporaryDirectory(prefix="faiss-proxy-bench-", dir="/tmp") as tmp:
         data_dir = str(Path(tmp) / "data")
         log_path = Path(tmp) / "server.log"
         unix_socket = str(Path(tmp) / "rpc.sock")
+        env = None if packages is None else dict(os.environ, PYTHONPATH=str(packages))  # (workers inherit it)
+        cwd = None if packages is None else tmp  # not a checkout: nothing shadows the packages chosen
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
                 [
@@ -394,11 +398,13 @@ def local_server() -> Iterator[tuple[str, str, int | None, str]]:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 text=True,
+                env=env,
+                cwd=cwd,
             )
         try:
             url = _wait_for_server(proc, log_path)
-            _cli("tenant", "create", TENANT, "--data-dir", data_dir)
-            key = _cli("key", "create", TENANT, "--data-dir", data_dir).strip().splitlines()[-1]
+            _cli("tenant", "create", TENANT, "--data-dir", data_dir, env=env, cwd=cwd)
+            key = _cli("key", "create", TENANT, "--data-dir", data_dir, env=env, cwd=cwd).strip().splitlines()[-1]
             yield url, key, proc.pid, "unix://" + unix_socket
         finally:
             proc.terminate()
@@ -538,7 +544,7 @@ def huge_pages_note() -> str:
     )
 
 
-def like_for_like(argv: list[str]) -> None:
+def like_for_like(argv: list[str], script: str = __file__) -> None:
     """Re-run this script with the environment the server gives its workers'
     allocator (:func:`with_huge_pages`), unless ``GLIBC_TUNABLES`` already says.
 
@@ -549,7 +555,7 @@ def like_for_like(argv: list[str]) -> None:
     if env.get("GLIBC_TUNABLES") == os.environ.get("GLIBC_TUNABLES"):
         return  # set already (or the caller's own glibc.malloc.hugetlb value)
     sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], env)
+    os.execve(sys.executable, [sys.executable, os.path.abspath(script), *argv], env)
 
 
 def main(argv: list[str] | None = None) -> int:
