@@ -72,18 +72,14 @@ class Server:
     async def start(self) -> None:
         unix = self.bind_unix_socket() if self.settings.unix_socket else None  # first: its errors are the likelier
         self.sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
+        max_body = self.settings.max_body_mb * 1024 * 1024
         self.http = tornado.httpserver.HTTPServer(
-            self.router,
-            xheaders=False,
-            max_body_size=self.settings.max_body_mb * 1024 * 1024,
-            ssl_options=self.ssl_context(),
+            self.router, xheaders=False, max_body_size=max_body, ssl_options=self.ssl_context()
         )
         self.http.add_sockets(self.sockets)
         if unix is not None:
             # The same application, never over TLS: the connection stays on this machine.
-            self.unix_http = tornado.httpserver.HTTPServer(
-                self.router, xheaders=False, max_body_size=self.settings.max_body_mb * 1024 * 1024
-            )
+            self.unix_http = tornado.httpserver.HTTPServer(self.router, xheaders=False, max_body_size=max_body)
             self.unix_http.add_sockets([unix])
         self.supervisor.start()
         self.access.start()
