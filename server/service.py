@@ -632,7 +632,10 @@ class CallPlan:
         return body, shapes
 
     def __call__(
-        self, target: Handle, buffers: tuple[np.ndarray, ...], outputs: tuple[np.ndarray, ...] | None = None
+        self,
+        target: Handle,
+        buffers: tuple[np.ndarray, ...] | tuple[bytearray, ...],
+        outputs: tuple[np.ndarray, ...] | None = None,
     ) -> Any:
         """Answer the call as :meth:`FaissService.op_call` would, counted and timed
         as every operation is (:func:`_operation`, written out: this is the hot
