@@ -159,10 +159,13 @@ def array_spec(dtype: Any, shape: Any) -> tuple[np.dtype, tuple[int, ...], int]:
 def decode_array(dtype: Any, shape: Any, buf: Any) -> np.ndarray:
     """Rebuild an array from the wire, validating everything a peer controls.
 
-    ``buf`` is the uint8 buffer the transport received.  The result is a
-    writable view of it, not a copy.
+    ``buf`` is the uint8 buffer the transport received (or the ``bytearray`` it
+    took a small frame's attachment into).  The result is a writable view of it,
+    not a copy.
     """
     dt, shape, expected = array_spec(dtype, shape)
+    if type(buf) is bytearray:
+        buf = np.frombuffer(buf, np.uint8)
     if type(buf) is not np.ndarray or buf.dtype is not _UINT8 or buf.ndim != 1:
         raise TypeError("refused array payload: not a raw buffer")
     if expected != buf.nbytes:
@@ -199,9 +202,9 @@ def arrays_decoder(node: Any) -> Callable[[tuple[Any, ...]], Any] | None:
         for index, dt, shape, expected in specs:
             if index >= len(buffers):
                 raise ValueError("malformed array reference")
-            buf = buffers[index]
-            if expected != buf.nbytes:
-                raise ValueError(f"refused array: shape {shape} of {dt} needs {expected} bytes, got {buf.nbytes}")
+            buf = buffers[index]  # (a uint8 array or a bytearray: len() is its bytes)
+            if expected != len(buf):
+                raise ValueError(f"refused array: shape {shape} of {dt} needs {expected} bytes, got {len(buf)}")
             out.append(np.ndarray(shape, dt, buf))  # (one call: view and reshape in one)
         return out[0] if single else tuple(out)
 
