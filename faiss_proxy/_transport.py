@@ -26,6 +26,7 @@ unbounded inflation and frame sizes on receive).  This module replaces that laye
 from __future__ import annotations
 
 import builtins
+import functools
 import itertools
 import json
 import os
@@ -37,6 +38,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -97,19 +99,22 @@ def fast_head(msg: int, body: bytes, sizes: list[int]) -> bytes | None:
     return _HEADS[len(sizes)].pack(_TYPE_SEQ.size + len(body), len(sizes), 0, *sizes) + bytes((msg,))
 
 
-#: What a plan returns when the call has written its results into the arrays the
-#: transport gave it (see ServerConnection): the reply frame around them is complete.
+#: What a plan returns when the call has written its results into the arrays of the
+#: reply frame the transport gave it, and has sent that frame (see ServerConnection).
 FILLED = "filled"
 
 
 class _ReplyFrame:
     """A reusable reply frame for a plan whose result is arrays it can write into
-    (``index.search(x, k, D=D, I=I)``): head, body and the arrays' room in one
-    buffer, so after the call only the sequence number is written and one
-    ``sendall`` sends it all.  (Run on the session's leading thread only, one call
-    at a time; a frame that has to wait in the send queue goes as a copy.)"""
+    (``index.search(x, k, D=D, I=I)``): head, body and the arrays' room
+    (``outputs``) in one buffer.  The session writes the call's sequence number
+    before the call; once faiss has written the arrays, the plan sends the frame
+    itself with ``send()`` (one ``sendall``; the session sets ``send``), so nothing
+    stands between the scan and the send.  (Run on the session's leading thread
+    only, one call at a time; a frame that has to wait in the send queue goes as a
+    copy.)"""
 
-    __slots__ = ("body", "outputs", "seq_at", "wire")
+    __slots__ = ("body", "outputs", "send", "seq_at", "wire")
 
     def __init__(self, body: bytes, specs: tuple[tuple[np.dtype, tuple[int, ...]], ...], head: bytes) -> None:
         sizes = [dtype.itemsize * int(np.prod(shape)) for dtype, shape in specs]
@@ -127,6 +132,7 @@ class _ReplyFrame:
             outputs.append(np.ndarray(shape, dtype, buffer, offset))
             offset += size
         self.outputs = tuple(outputs)
+        self.send: Callable[[], None] = _nothing
 
 
 def reply_frame(body: bytes, specs: Any) -> _ReplyFrame | None:
@@ -560,6 +566,29 @@ class FramedConnection(Connection):
             # (A frame in a reusable buffer, a memoryview, is copied: it may be
             # written again before the queue gets to it.)
             self._send_queue.append((bytes(meta) if type(meta) is memoryview else meta, attachments))
+        self._drain()
+
+    def _send_now(self, wire: memoryview) -> None:
+        """Send a whole frame (a filled :class:`_ReplyFrame`) from where the call
+        runs: :meth:`_send_raw`'s discipline, its common case written out.  A
+        closed connection is left to the reading thread, which ends the session."""
+        try:
+            if self._send_queue or not self._sendlock.acquire(False):
+                self._send_raw(wire, None)  # waits its turn (as a copy)
+                return
+            try:
+                self._channel.sock.sendall(wire)
+            except OSError as exc:
+                self._channel.close()
+                raise EOFError(str(exc)) from exc
+            finally:
+                self._sendlock.release()
+            self._drain()  # (a netref __del__ may have queued a frame meanwhile)
+        except EOFError:
+            pass
+
+    def _drain(self) -> None:
+        """Send what waits in the send queue, unless another thread is sending."""
         while self._send_queue:
             if not self._sendlock.acquire(False):
                 return
@@ -794,9 +823,14 @@ class ServerConnection(FramedConnection):
     returning a hot operation's reply or, where it can, ``(encoded body,
     attachments)``.  A plan may also have ``fills()``, giving a reply body and the
     dtypes and shapes of arrays it can write its result into: answered on the
-    leading thread, it is then called as ``__call__(target, buffers, outputs)``
-    with the arrays of a reply frame kept for it (:class:`_ReplyFrame`), and
-    returns :data:`FILLED` when it wrote them.  The session keeps the plans by
+    leading thread, it is then called as ``__call__(target, buffers, frame)``
+    with a reply frame kept for it (:class:`_ReplyFrame`, its sequence number
+    written), and when faiss has written the frame's ``outputs`` it calls
+    ``frame.send()`` at once and returns :data:`FILLED`.  (Sent from the plan,
+    the reply leaves before the call's own bookkeeping and without a return
+    through the transport: right after a 100k scan, with the caches cold, the
+    steps between the scan and the ``sendall`` cost 11-16 µs more when the
+    transport sent the frame.)  The session keeps the plans by
     the request's bytes after the sequence number (at most 64, requests up to
     2 KiB), and a request with the same bytes and buffer sizes is answered by its
     plan: no JSON to parse, no tree to decode or encode.  The target is still
@@ -992,22 +1026,20 @@ class ServerConnection(FramedConnection):
     ) -> None:
         """Answer a fast request.  ``quick``: run on the session's leading thread,
         one call at a time, so a plan may write its result into this session's
-        reply frame for it (see :class:`_ReplyFrame`)."""
-        meta: bytes | memoryview
+        reply frame for it, and send it (see :class:`_ReplyFrame`)."""
+        meta: bytes | memoryview = b""
+        attachments: Any = None
         try:
             frame = self._frame_for(plan) if quick and plan is not None else None
             if frame is not None:
-                reply = plan(target, buffers, frame.outputs)
-                if reply is FILLED:
-                    SEQ.pack_into(frame.wire, frame.seq_at, seq)
-                    meta, attachments = frame.wire, None
-                    reply = None
+                SEQ.pack_into(frame.wire, frame.seq_at, seq)
+                reply = plan(target, buffers, frame)
             elif plan is not None:
                 reply = plan(target, buffers)
             else:
                 reply = self._local_root.fast_operation(op)(target, name, tree, buffers, refs)
-            if reply is None:
-                pass  # the frame above
+            if reply is FILLED:
+                pass  # written into the frame, and sent, by the plan
             elif len(reply) == 2:  # a plan's reply, body already encoded
                 body, attachments = reply
                 known = self._reply_heads.get(body)
@@ -1035,10 +1067,11 @@ class ServerConnection(FramedConnection):
             self._reply_fast_error(seq, exc)
             self._settle(False)
             return
-        try:
-            self._send_raw(meta, attachments)
-        except EOFError:
-            pass
+        if reply is not FILLED:
+            try:
+                self._send_raw(meta, attachments)
+            except EOFError:
+                pass
         if plan is None and key not in self._plans and len(key) <= _MAX_PLAN_KEY:
             self._learn(key, op, name, target, tree, buffers, refs)
         self._settle()
@@ -1055,7 +1088,10 @@ class ServerConnection(FramedConnection):
         if made is None or made[0] is not known[0]:
             if len(self._frames) >= _MAX_PLANS:
                 self._frames.clear()
-            made = self._frames[plan] = (known[0], reply_frame(*known))
+            frame = reply_frame(*known)
+            if frame is not None:
+                frame.send = functools.partial(self._send_now, frame.wire)
+            made = self._frames[plan] = (known[0], frame)
         return made[1]
 
     def _learn_head(self, body: bytes, attachments: list[np.ndarray]) -> None:

@@ -632,18 +632,15 @@ class CallPlan:
         return body, shapes
 
     def __call__(
-        self,
-        target: Handle,
-        buffers: tuple[np.ndarray, ...] | tuple[bytearray, ...],
-        outputs: tuple[np.ndarray, ...] | None = None,
+        self, target: Handle, buffers: tuple[np.ndarray, ...] | tuple[bytearray, ...], frame: Any = None
     ) -> Any:
         """Answer the call as :meth:`FaissService.op_call` would, counted and timed
         as every operation is (:func:`_operation`, written out: this is the hot
         path): ``(reply body, result arrays)`` when the result has the dtypes and
         shapes of the last one, else the reply, encoded the general way.  With
-        ``outputs`` (the transport's reply frame's arrays, of the shapes
-        :meth:`fills` gave), faiss writes D and I into them, and :data:`FILLED`
-        says it did."""
+        ``frame`` (the transport's reply frame, its ``outputs`` of the shapes
+        :meth:`fills` gave), faiss writes D and I into it; then the frame is sent
+        at once, before anything else, and :data:`FILLED` says so."""
         service = self.service
         started = _perf_counter()
         op_stats = service.op_stats
@@ -661,7 +658,11 @@ class CallPlan:
                 args[position] = array
                 arrays.append(array)
             service.policy.apply_rows(self.rows)
-            kwargs = self.kwargs if outputs is None else {"D": outputs[0], "I": outputs[1]}
+            if frame is None:
+                kwargs, outputs = self.kwargs, None
+            else:
+                outputs = frame.outputs
+                kwargs = {"D": outputs[0], "I": outputs[1]}
             if target.named is None:
                 result = method(*args, **kwargs)
             else:
@@ -669,7 +670,8 @@ class CallPlan:
                     result = method(*args, **kwargs)
             if outputs is not None and type(result) is tuple and len(result) == 2:
                 if result[0] is outputs[0] and result[1] is outputs[1]:
-                    # Written where the transport's reply frame holds them.
+                    # Written where the transport's reply frame holds them: out it goes.
+                    frame.send()
                     service._answered.call = (self.label, _perf_counter() - started)
                     return FILLED
             # Arrays of the dtypes and shapes the last call returned: the reply body is known.

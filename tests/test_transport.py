@@ -425,6 +425,55 @@ def test_a_frame_in_a_reusable_buffer_is_copied_when_it_has_to_wait() -> None:
         receiver.close()
 
 
+def test_a_filled_frame_sent_from_the_call_keeps_the_send_discipline() -> None:
+    """``_send_now`` (a plan sends its filled reply frame with it, straight after
+    the scan) sends at once when nobody is sending; when somebody is, the frame
+    waits in the queue as a copy, in order; a frame queued while it sent goes out
+    after it; and a closed connection is not the plan's error."""
+    from faiss_proxy._transport import _HEADS, ClientConnection, client_config
+
+    def whole(meta: bytes) -> bytearray:
+        return bytearray(_HEADS[0].pack(len(meta), 0, 0) + meta)
+
+    a, b = socket.socketpair()
+    sender, receiver = ClientConnection(FrameChannel(a), client_config(10)), FrameChannel(b)
+    b.settimeout(5)  # (a frame that never comes fails the test)
+    try:
+        first = whole(b"\x42" + bytes(8) + b"first")
+        sender._send_now(memoryview(first))  # nobody sending: at once
+        assert receiver.recv() == bytes(first[_HEADS[0].size :])
+        assert sender._sendlock.acquire(False)  # somebody is sending
+        sender._send_raw(bytes(whole(b"queued")), None)  # a frame already waiting
+        sender._send_now(memoryview(first))  # so this one waits behind it...
+        first[-5:] = b"later"  # ...while its buffer is written again
+        sender._sendlock.release()
+        sender._drain()
+        assert receiver.recv() == b"queued"
+        assert receiver.recv() == b"\x42" + bytes(8) + b"first"  # as it was passed
+        real = sender._channel.sock
+
+        class Meanwhile:  # its first sendall: a netref __del__ queues a frame meanwhile
+            def sendall(self, data: Any) -> None:
+                real.sendall(data)
+                sender._channel.sock = real
+                sender._send_queue.append((bytes(whole(b"meanwhile")), None))
+
+        sender._channel.sock = Meanwhile()  # type: ignore[assignment]
+        sender._send_now(memoryview(whole(b"now")))
+        assert receiver.recv() == b"now"
+        assert receiver.recv() == b"meanwhile"  # drained after it
+        assert not sender._send_queue
+        receiver.close()
+        for _ in range(50):  # the peer is gone: the send fails quietly, the channel is closed
+            sender._send_now(memoryview(whole(b"x" * 60_000)))
+            if sender._channel.closed:
+                break
+        assert sender._channel.closed
+    finally:
+        sender._channel.close()
+        receiver.close()
+
+
 @pytest.mark.parametrize("body_len", [1, 7, 64, 200])
 def test_a_reply_frame_is_one_well_formed_frame_with_aligned_arrays(body_len: int) -> None:
     """What a plan fills is exactly one frame: a reader gets the body and the arrays
