@@ -993,7 +993,7 @@ class ServerConnection(FramedConnection):
         builds its arrays on them); anything else gets uint8 arrays, as a frame
         read by :meth:`FrameChannel.recv` has."""
         planned = self._plans.get(key)
-        if planned is not None and planned[0].sizes == tuple([len(b) for b in buffers]):
+        if planned is not None and planned[0].sizes == tuple(map(len, buffers)):
             try:
                 target = None if planned[1] is None else self._local_objects[planned[1]]
             except KeyError:
