@@ -142,8 +142,23 @@ class Dataset:
 def make_dataset(nb: int, nq: int) -> Dataset:
     rng = np.random.default_rng(SEED + nb)
     xb = rng.random((nb, D), dtype=np.float32)
-    xq = rng.random((nq, D), dtype=np.float32)
+    xq = aligned(rng.random((nq, D), dtype=np.float32))
     return Dataset(xb, xq)
+
+
+def aligned(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` that starts on a 64-byte boundary, so that each query row
+    (512 bytes at d=128) does too.
+
+    The worker copies the vectors of a small request onto 64-byte boundaries before
+    faiss sees them (a query off the boundary made a 100k flat scan 27-40 µs slower
+    here); NumPy places an array wherever malloc does (16 or 32 bytes past a
+    boundary, here).  Local FAISS gets aligned queries too, like for like."""
+    block = np.empty(a.nbytes + 64, np.uint8)
+    shift = -block.ctypes.data % 64
+    out = block[shift : shift + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -631,9 +631,7 @@ class CallPlan:
             return None
         return body, shapes
 
-    def __call__(
-        self, target: Handle, buffers: tuple[np.ndarray, ...] | tuple[bytearray, ...], frame: Any = None
-    ) -> Any:
+    def __call__(self, target: Handle, buffers: tuple[Any, ...], frame: Any = None) -> Any:
         """Answer the call as :meth:`FaissService.op_call` would, counted and timed
         as every operation is (:func:`_operation`, written out: this is the hot
         path): ``(reply body, result arrays)`` when the result has the dtypes and

@@ -508,3 +508,42 @@ def test_a_reply_frame_is_one_well_formed_frame_with_aligned_arrays(body_len: in
     assert reply_frame(body, ((np.dtype("float32"), (1, 5)), (np.dtype("int64"), (1, 5)))) is None  # I unaligned
     assert reply_frame(body, specs * 2) is None  # four arrays
     assert reply_frame(body, ((np.dtype("uint8"), (_SMALL,)),)) is None  # over 64 KiB
+
+
+def test_the_worker_takes_small_attachments_onto_fresh_64_byte_boundaries() -> None:
+    """``take_fast(aligned=True)`` (the worker's: the copies become faiss's inputs,
+    and a query vector off a 64-byte boundary made a 100k flat scan 27-40 µs slower)
+    gives writable copies of the attachments, each on a 64-byte boundary, in fresh
+    memory: taking more frames, past the end of one arena and into the next, never
+    changes a copy handed out before.  Copies larger than an arena are aligned too."""
+    from faiss_proxy._transport import _ARENA, _REQUESTS, MSG_FAST_REQUEST, fast_head
+
+    a, b = socket.socketpair()
+    sender, receiver = FrameChannel(a), FrameChannel(b)
+    rng = np.random.default_rng(3)
+    taken: list[tuple[list[bytes], tuple[Any, ...]]] = []
+    try:
+        sizes = [[512], [40, 80], [1], [0, 7, 300], [_ARENA + 100], [512, 512]] * 8
+        for seq, lengths in enumerate(sizes):
+            payloads = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in lengths]
+            body = b"planned request"
+            head = fast_head(MSG_FAST_REQUEST, body, lengths)
+            if head is None:  # over a small frame: only what take_fast takes is checked
+                continue
+            a.sendall(b"".join([head, seq.to_bytes(8, "big"), body, *payloads]))
+            receiver.spin_recv(5.0)
+            while (fast := receiver.take_fast(_REQUESTS, aligned=True)) is None:
+                receiver.spin_recv(5.0)
+            msg, got_seq, got_body, copies = fast
+            assert (msg, got_seq, got_body) == (MSG_FAST_REQUEST, seq, body)
+            for payload, copy in zip(payloads, copies, strict=True):
+                assert type(copy) is memoryview and not copy.readonly and bytes(copy) == payload
+                if len(copy):
+                    assert np.frombuffer(copy, np.uint8).ctypes.data % 64 == 0
+            taken.append((payloads, copies))
+        assert len(taken) > 2 * (_ARENA // 1024)  # through several arenas
+        for payloads, copies in taken:  # nothing handed out was written again
+            assert [bytes(c) for c in copies] == payloads
+    finally:
+        sender.close()
+        receiver.close()
