@@ -203,7 +203,7 @@ class FrameChannel:
         self._view = memoryview(self._buf)
         self._start = self._end = 0
         self._spare: np.ndarray | None = None
-        self._arena = memoryview(b"")  # (see _aligned_copy)
+        self._arena = memoryview(bytearray())  # (see _aligned_copy)
         self._arena_at = 0
         self._poller = select.poll()
         self._poller.register(sock.fileno(), select.POLLIN | select.POLLPRI | select.POLLHUP)

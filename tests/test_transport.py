@@ -523,7 +523,7 @@ def test_the_worker_takes_small_attachments_onto_fresh_64_byte_boundaries() -> N
     rng = np.random.default_rng(3)
     taken: list[tuple[list[bytes], tuple[Any, ...]]] = []
     try:
-        sizes = [[512], [40, 80], [1], [0, 7, 300], [_ARENA + 100], [512, 512]] * 8
+        sizes = [[0], [512], [40, 80], [1], [0, 7, 300], [_ARENA + 100], [512, 512]] * 8
         for seq, lengths in enumerate(sizes):
             payloads = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in lengths]
             body = b"planned request"
