@@ -320,18 +320,17 @@ class FrameChannel:
         return meta
 
     def take_fast(
-        self, types: tuple[int, ...], raw: bool = False, aligned: bool = False
+        self, types: tuple[int, ...], aligned: bool = False
     ) -> tuple[int, int, bytes, tuple[Any, ...]] | None:
         """The next frame, consumed, if the read buffer already holds all of it and
         it is a fast message of one of ``types`` with at most three attachments:
         ``(type, sequence number, body, attachments)``, the body being the meta
-        after the sequence number and the attachments copies: uint8 arrays; with
-        ``raw``, ``bytearray`` copies (one allocation and one ``memcpy`` each, where a
-        uint8 array copy runs through NumPy's dtype-transfer code, which right after
-        a 100k search, with the caches cold, cost the worker 5-7 µs a call and the
-        client 3-6 µs); with ``aligned``, writable memoryviews on 64-byte
-        boundaries (:meth:`_aligned_copy`: the worker's, since they become faiss's
-        inputs).
+        after the sequence number and the attachments ``bytearray`` copies (one
+        allocation and one ``memcpy`` each, where a uint8 array copy runs through
+        NumPy's dtype-transfer code, which right after a 100k search, with the
+        caches cold, cost the worker 5-7 µs a call and the client 3-6 µs); with
+        ``aligned``, writable memoryviews on 64-byte boundaries
+        (:meth:`_aligned_copy`: the worker's, since they become faiss's inputs).
         None, with nothing consumed, for anything else: :meth:`recv` reads that
         (and refuses what is malformed).
 
@@ -359,8 +358,6 @@ class FrameChannel:
             return None
         view = self._view
         body = bytes(view[pos + _TYPE_SEQ.size : pos + meta_len])
-        if not raw and not aligned:
-            return msg, seq, body, tuple(self._copy_out(pos + meta_len, lengths))
         pos += meta_len
         copies: list[Any] = []
         for n in lengths:
@@ -599,20 +596,11 @@ class FramedConnection(Connection):
 
     def _send_now(self, wire: memoryview) -> None:
         """Send a whole frame (a filled :class:`_ReplyFrame`) from where the call
-        runs: :meth:`_send_raw`'s discipline, its common case written out.  A
-        closed connection is left to the reading thread, which ends the session."""
+        runs, with :meth:`_send_raw`'s discipline (at once when nobody is sending,
+        else queued as a copy).  A closed connection is left to the reading
+        thread, which ends the session."""
         try:
-            if self._send_queue or not self._sendlock.acquire(False):
-                self._send_raw(wire, None)  # waits its turn (as a copy)
-                return
-            try:
-                self._channel.sock.sendall(wire)
-            except OSError as exc:
-                self._channel.close()
-                raise EOFError(str(exc)) from exc
-            finally:
-                self._sendlock.release()
-            self._drain()  # (a netref __del__ may have queued a frame meanwhile)
+            self._send_raw(wire, None)
         except EOFError:
             pass
 
@@ -757,7 +745,7 @@ class ClientConnection(FramedConnection):
                 fast = data = None
                 try:
                     if not slot.done and channel.poll(left):
-                        fast = channel.take_fast(_REPLIES, raw=True)
+                        fast = channel.take_fast(_REPLIES)
                         if fast is None:
                             data = channel.recv()
                 except EOFError:
