@@ -171,6 +171,18 @@ def _session(service: Any, spin: float = 0.0) -> tuple[Any, threading.Thread]:
     return ClientConnection(FrameChannel(a), client_config(10)), serving
 
 
+def _flat_data(seed: int, nb: int, nq: int, d: int) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Seeded vectors and queries, and a local ``IndexFlatL2`` holding the vectors."""
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    xb = rng.random((nb, d), dtype=np.float32)
+    xq = rng.random((nq, d), dtype=np.float32)
+    local = faiss.IndexFlatL2(d)
+    local.add(xb)
+    return xb, xq, local
+
+
 def test_the_service_counts_a_call_after_its_answer_went_out() -> None:
     """``settle(ok)`` runs after the answer is sent: ok for an answer, not ok when the
     call worked but its result could not be sent (the client gets the error)."""
@@ -357,11 +369,7 @@ def test_the_service_plans_a_repeated_search_and_answers_it_as_faiss_does(
     stats = OperationStats()
     service = Spy(Reflection(faiss), ThreadPolicy(faiss.omp_set_num_threads, 1, 20), "test", op_stats=stats)
     client, serving = _session(service, spin)
-    rng = np.random.default_rng(7)
-    xb = rng.random((300, 16), dtype=np.float32)
-    xq = rng.random((12, 16), dtype=np.float32)
-    local = faiss.IndexFlatL2(16)
-    local.add(xb)
+    xb, xq, local = _flat_data(7, 300, 12, 16)
 
     def call(op: str, name: str, target: Any, *args: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
         out = w.Packer()
@@ -547,3 +555,171 @@ def test_the_worker_takes_small_attachments_onto_fresh_64_byte_boundaries() -> N
     finally:
         sender.close()
         receiver.close()
+
+
+def test_take_repeat_takes_a_whole_frame_with_the_same_bytes_or_nothing() -> None:
+    """``take_repeat`` (the worker's hot path for a client calling in a loop) takes a
+    frame only when the read buffer holds all of it and its bytes are those of the
+    frame it repeats but for the sequence number and the attachments' contents; the
+    attachments come as ``take_fast(aligned=True)`` gives them.  Anything else (another
+    body, another attachment size, half a frame) is left where it is, for the general
+    path."""
+    from faiss_proxy._transport import _REQUESTS, MSG_FAST_REQUEST, fast_head
+
+    a, b = socket.socketpair()
+    sender, receiver = FrameChannel(a), FrameChannel(b)
+    body, sizes = b'["call","search",0,[["Handle",0,7]],[[1],[]]]', (512, 24)
+    prefix = fast_head(MSG_FAST_REQUEST, body, list(sizes))
+    assert prefix is not None
+    rng = np.random.default_rng(5)
+
+    def frame(seq: int, key: bytes = body, lengths: tuple[int, ...] = sizes) -> tuple[bytes, list[bytes]]:
+        payloads = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in lengths]
+        head = fast_head(MSG_FAST_REQUEST, key, list(lengths))
+        assert head is not None
+        return b"".join([head, seq.to_bytes(8, "big"), key, *payloads]), payloads
+
+    def buffered() -> bytes:
+        return bytes(receiver._buf[receiver._start : receiver._end])
+
+    try:
+        for seq in (1, 2, 1 << 40):  # repeats: new sequence numbers, new contents
+            wire, payloads = frame(seq)
+            a.sendall(wire)
+            while receiver._end - receiver._start < len(wire):
+                receiver._ensure(len(wire))
+            got = receiver.take_repeat(prefix, body, sizes)
+            assert got is not None and got[0] == seq
+            assert [bytes(c) for c in got[1]] == payloads
+            assert all(type(c) is memoryview and not c.readonly for c in got[1])
+            assert all(np.frombuffer(c, np.uint8).ctypes.data % 64 == 0 for c in got[1])
+            assert buffered() == b""
+        others = [
+            frame(3, body.replace(b"search", b"assign")),  # another request
+            frame(4, body, (512, 16)),  # another attachment size: another header
+            frame(5, body, (512,)),  # another attachment count
+        ]
+        for (wire, payloads), seq in zip(others, (3, 4, 5), strict=True):
+            after, after_payloads = frame(seq + 10)  # a repeat right behind it
+            a.sendall(wire + after)
+            receiver._ensure(len(wire) + len(after))
+            assert receiver.take_repeat(prefix, body, sizes) is None and buffered() == wire + after
+            fast = receiver.take_fast(_REQUESTS, aligned=True)
+            assert fast is not None and fast[1] == seq and [bytes(c) for c in fast[3]] == payloads
+            got = receiver.take_repeat(prefix, body, sizes)
+            assert got is not None and got[0] == seq + 10 and [bytes(c) for c in got[1]] == after_payloads
+        wire, payloads = frame(6)
+        a.sendall(wire[:100])  # half a frame: nothing taken
+        receiver._ensure(100)
+        assert receiver.take_repeat(prefix, body, sizes) is None and buffered() == wire[:100]
+        a.sendall(wire[100:])
+        receiver._ensure(len(wire))
+        got = receiver.take_repeat(prefix, body, sizes)
+        assert got is not None and got[0] == 6 and [bytes(c) for c in got[1]] == payloads
+    finally:
+        sender.close()
+        receiver.close()
+
+
+@pytest.mark.parametrize("spin", [0.0, 0.05])
+def test_a_repeated_planned_request_is_taken_by_its_bytes_until_its_target_is_released(
+    spin: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker recognises a repeat of the last planned request by its bytes and
+    answers it with the same plan: the answers are local faiss's, for every new
+    query.  Another request in between (another k) goes the full way and does not
+    break the run of repeats that follows.  Once the client has released the index,
+    the same request bytes are not answered from the stale plan: the full path
+    refuses them.  (The searches are sent in one go, so that the worker finds them
+    in its read buffer, as a spinning worker finds a client's next request; threads
+    of one process take turns at the GIL, which would make a spin give way.)"""
+    import faiss
+
+    from faiss_proxy import _wire as w
+    from faiss_proxy._transport import (
+        _REPLIES,
+        MSG_FAST_ERROR,
+        MSG_FAST_REPLY,
+        MSG_FAST_REQUEST,
+        SEQ,
+        ServerConnection,
+        fast_head,
+    )
+    from faiss_proxy_server.reflection import Reflection
+    from faiss_proxy_server.service import FaissService, ThreadPolicy
+
+    repeats: list[tuple[int, bytes]] = []
+    real = ServerConnection._repeated
+
+    def counting(self: Any, repeat: Any) -> Any:
+        again = real(self, repeat)
+        if again is not None:
+            repeats.append((again[0], repeat[1]))
+        return again
+
+    monkeypatch.setattr(ServerConnection, "_repeated", counting)
+    service = FaissService(Reflection(faiss), ThreadPolicy(faiss.omp_set_num_threads, 1, 20), "test")
+    client, serving = _session(service, spin)
+    xb, xq, local = _flat_data(11, 200, 10, 8)
+
+    def message(target: Any, *args: Any) -> tuple[bytes, list[Any]]:
+        out = w.Packer()
+        tree, buffers, refs = out.message([[out.array(a) if isinstance(a, np.ndarray) else a for a in args], []])
+        return client.request_body("call", "search", target, tree, refs), [b.array for b in buffers]
+
+    def search_frame(seq: int, target: Any, i: int, k: int) -> bytes:
+        body, arrays = message(target, xq[i : i + 1], k)
+        head = fast_head(MSG_FAST_REQUEST, body, [a.nbytes for a in arrays])
+        assert head is not None
+        return b"".join([head, SEQ.pack(seq), body, *[a.tobytes() for a in arrays]])
+
+    def replies(n: int) -> dict[int, tuple[int, Any]]:
+        channel, got = client._channel, {}
+        channel.sock.settimeout(10)  # a missing reply fails the test instead of hanging it
+        while len(got) < n:
+            data = channel.recv()
+            buffers = channel.take_attachments()
+            if data[0] not in _REPLIES:
+                continue  # (RPyC's answer to the release of the index)
+            (seq,) = SEQ.unpack_from(data, 1)
+            body = data[1 + SEQ.size :]
+            got[seq] = (data[0], (client._parse_reply(body), buffers) if data[0] == MSG_FAST_REPLY else body)
+        return got
+
+    try:
+        (node, _), _, refs = client.fast_request("new", "IndexFlatL2", None, [[8], []], (), ())
+        index = refs[node[1]]
+        out = w.Packer()
+        client.fast_request("call", "add", index, *out.message([[out.array(xb)], []]))
+        for i in range(2):  # learnt, then planned
+            out = w.Packer()
+            client.fast_request("call", "search", index, *out.message([[out.array(xq[i : i + 1]), 4], []]))
+        calls = [(100 + i, i, 4) for i in range(10)]
+        calls.insert(5, (200, 0, 3))  # another request in between
+        client._channel.sock.sendall(b"".join(search_frame(seq, index, i, k) for seq, i, k in calls))
+        got = replies(len(calls))
+        for seq, i, k in calls:
+            msg, (((result, _), _), buffers) = got[seq]
+            assert msg == MSG_FAST_REPLY
+            D, I = (w.array_from_buffer(n, buffers) for n in result[1:])
+            D0, I0 = local.search(xq[i : i + 1], k)
+            np.testing.assert_array_equal(I, I0)
+            np.testing.assert_array_equal(D, D0)
+        # All but 200 are repeats, but for the first one or two where the worker read
+        # before they had all arrived (the general way, which remembers the plan).
+        taken = [seq for seq, _ in repeats]
+        assert set(taken) <= {seq for seq, _, k in calls if k == 4} and len(taken) >= 6
+        assert 200 not in taken and taken == sorted(taken)
+        assert len({key for _, key in repeats}) == 1
+
+        class Released:
+            ____id_pack__ = index.____id_pack__
+
+        del index, refs
+        client._channel.sock.sendall(search_frame(300, Released(), 0, 4))
+        msg, error = replies(1)[300]
+        assert msg == MSG_FAST_ERROR and b"malformed request" in error  # (the index is gone)
+        assert len(repeats) == len(taken)
+    finally:
+        client.close()
+        serving.join(5)
