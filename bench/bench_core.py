@@ -87,6 +87,9 @@ import faiss_proxy
 from faiss_proxy._client import Client
 from faiss_proxy_server.supervisor import with_huge_pages
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers
+
 D = 128
 K = 10
 BATCH_NQ = 1000
@@ -96,6 +99,7 @@ TENANT = "bench"
 P50_SLACK_US = 150.0
 BATCH_MAX_RATIO = 1.1
 ADD_MIN_MBPS = 500.0
+PEER_NB = 100_000  # the size the peers were measured at
 
 
 # --------------------------------------------------------------------------------------
@@ -282,6 +286,27 @@ def alternate_single_queries(
     )
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total): the CPU time the hypervisor took from this VM's CPUs, and all
+    CPU time, in ticks since boot (Linux's ``/proc/stat``); None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return ticks[7], sum(ticks)
+
+
+def stolen(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of CPU time stolen between two :func:`cpu_ticks` readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def time_attribute(index: Any, reads: int) -> float:
     """p50 in µs of reading ``index.ntotal``: for the proxy, the bare cost of one round trip."""
     samples = np.empty(reads, dtype=np.float64)
@@ -457,9 +482,11 @@ def print_report(
     check: str,
     rounds: list[float],
     unix: tuple[float, float, list[float]] | None = None,
+    steal: float | None = None,
 ) -> list[bool]:
     """Print the table for one database size; return the targets' outcomes.
-    ``unix``: p50, p99 and per-round differences over the Unix socket, where measured."""
+    ``unix``: p50, p99 and per-round differences over the Unix socket, where measured;
+    ``steal``: the share of CPU time the hypervisor took during the single-query rounds."""
     rows = [
         ("single query p50 (µs)", base.p50_us, default.p50_us, proxy.p50_us, "{:.1f}"),
         ("single query p99 (µs)", base.p99_us, default.p99_us, proxy.p99_us, "{:.1f}"),
@@ -481,6 +508,12 @@ def print_report(
             f"single query over the Unix socket: p50 {unix[0]:.1f} µs, p99 {unix[1]:.1f} µs "
             f"({unix[0] / base.p50_us:.2f}x local); per round (µs): {' '.join(f'{r:+.0f}' for r in unix[2])}"
         )
+    if steal is not None:
+        # Time the hypervisor gave to other guests.  A busy neighbour on the same
+        # physical core does not show here, only as a slow bare round trip (.ntotal)
+        # and slow local FAISS; either way the proxy, on two CPUs at once, loses more
+        # than local FAISS on one.
+        print(f"steal during the single-query rounds: {steal:.1%} of CPU time (the hypervisor's)")
 
     diff = proxy.p50_us - base.p50_us
     targets = [
@@ -492,11 +525,13 @@ def print_report(
         ),
         (f"add ≥ {ADD_MIN_MBPS:.0f} MB/s", f"{proxy.add_mbps:.0f} MB/s", proxy.add_mbps >= ADD_MIN_MBPS),
     ]
-    if unix is not None:
-        unix_diff = unix[0] - base.p50_us
-        targets.insert(1, ("  the same over the Unix socket", f"{unix_diff:+.1f} µs", unix_diff <= P50_SLACK_US))
     for label, value, ok in targets:
         print(f"  {verdict(ok)}  {label:<34}{value:>14}")
+        if unix is not None and label.startswith("single query"):
+            # Extra: the targets are judged on the TCP port (the default transport).
+            unix_diff = unix[0] - base.p50_us
+            value, ok = f"{unix_diff:+.1f} µs", verdict(unix_diff <= P50_SLACK_US)
+            print(f"  {'':4}  {'the same over the Unix socket':<34}{value:>14}  (extra: {ok})")
     return [ok for _, _, ok in targets]
 
 
@@ -535,17 +570,23 @@ def run(plan: Plan, url: str, server_pid: int | None = None, unix: Client | None
             remotes[1].add(data.xb)
             if not np.array_equal(remotes[1].search(data.xq[:10], K)[1], remote_index.search(data.xq[:10], K)[1]):
                 raise SystemExit("search over the Unix socket differs from search over TCP")
+        ticks = cpu_ticks()
         with omp_threads(1):
             (b50, b99), measured, rounds = alternate_single_queries(
                 local_index, remotes, data.xq, plan, cpus, server_pid
             )
+        steal = stolen(ticks, cpu_ticks())
         base = dataclasses.replace(base, p50_us=b50, p99_us=b99)
         proxy = dataclasses.replace(proxy, p50_us=measured[0][0], p99_us=measured[0][1])
         over_unix = (*measured[1], rounds[1]) if unix is not None else None
         local_index.reset()
         for remote in remotes:
             remote.reset()
-        outcomes += print_report(nb, base, default, proxy, check, rounds[0], over_unix)
+        outcomes += print_report(nb, base, default, proxy, check, rounds[0], over_unix, steal)
+        if nb == PEER_NB:
+            print(f"\npeers at {nb:,} x {D}, measured on the reference VM (bench/peers.py; not re-run here):")
+            for line in peers.ratios(proxy.p50_us / 1000, proxy.add_mbps):
+                print(f"  {line}")
     return all(outcomes)
 
 

@@ -62,6 +62,9 @@ import numpy as np
 
 import faiss_proxy
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import PEERS
+
 K = 10
 SEED = 1234
 N_CENTERS = 50
@@ -75,15 +78,7 @@ HNSW_MIN_RECALL = 0.9
 HNSW_MIN_QPS = 1500.0
 FILTER_P50_MAX_MS = 5.0  # and recall 1.0
 
-# Peers measured on this machine (../shared/FIELD-NOTES.md; 100k x 128, loopback).
 SERVE = (sys.executable, "-m", "faiss_proxy_server", "serve")
-
-PEERS = (
-    "Chroma server: ingest 1.4k vectors/s, single query 2.4 ms p50, filtered (1% match) 40 ms p50, "
-    "8-thread 374 QPS, 247 MB RSS",
-    "Milvus Lite 3.2: 68 ms per query at 100k (Python-bound), 12 QPS",
-    "FAISSx: single query ~101 ms (polls a worker every 0.1 s), ~9 QPS total, add 19 MB/s",
-)
 
 
 # --------------------------------------------------------------------------------------
@@ -799,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nPeers measured on this machine (../shared/FIELD-NOTES.md, 100k x 128, loopback; not re-run here):")
     for peer in PEERS:
-        print(f"  - {peer}")
+        print(f"  - {peer.summary}")
     print(
         f"\n{'all targets met' if all(outcomes) else 'some targets missed'}; ran {time.perf_counter() - started:.0f} s"
     )
