@@ -1066,15 +1066,14 @@ class ServerConnection(FramedConnection):
         """How a repeat of this resolved fast request would look, when it went to a
         plan: ``(frame prefix, body, attachment sizes, plan, target's id-pack)``
         (:meth:`_repeated`); else None."""
-        key, plan, buffers = payload[1], payload[2], payload[7]
+        key, plan = payload[1], payload[2]
         if plan is None:
             return None
-        sizes = tuple(map(len, buffers))
-        prefix = fast_head(MSG_FAST_REQUEST, key, list(sizes))
+        prefix = fast_head(MSG_FAST_REQUEST, key, list(plan.sizes))  # (the buffers' sizes: _resolve checked)
         planned = self._plans.get(key)
         if prefix is None or planned is None or planned[0] is not plan:
             return None
-        return prefix, key, sizes, plan, planned[1]
+        return prefix, key, plan.sizes, plan, planned[1]
 
     def _repeated(self, repeat: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """The next request, consumed and resolved (the arguments of
